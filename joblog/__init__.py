@@ -1,0 +1,1 @@
+"""joblog: the command line, the local stack and the schema migrations."""

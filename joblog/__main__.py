@@ -1,0 +1,3 @@
+from joblog.cli import main
+
+main()

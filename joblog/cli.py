@@ -1,0 +1,132 @@
+"""The `joblog` command: one entry point for every service and tool."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+
+from services.contracts.settings import CommonSettings, load_settings
+
+
+def _logging(settings: CommonSettings) -> None:
+    from joblog.logs import configure
+
+    configure(settings.log_level, settings.log_format)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the schema migrations to JOBLOG_DATABASE_URL."""
+    import asyncpg
+
+    from joblog.migrate import ensure_database, migrate
+
+    settings = load_settings(CommonSettings)
+
+    async def go() -> list[str]:
+        await ensure_database(settings.database_url)
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(go())
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a sync worker: takes triggers, runs jobs, publishes their events."""
+    from services.sync_worker.main import run
+    from services.sync_worker.settings import WorkerSettings
+
+    settings = load_settings(WorkerSettings)
+    _logging(settings)
+    asyncio.run(run(settings))
+    return 0
+
+
+def cmd_recorder(args: argparse.Namespace) -> int:
+    """Run the log recorder: projects run events into job_logs and job_log_details."""
+    from services.log_recorder.main import run
+    from services.log_recorder.settings import RecorderSettings
+
+    settings = load_settings(RecorderSettings)
+    _logging(settings)
+    asyncio.run(run(settings))
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the web UI and API."""
+    from services.web.app import serve
+    from services.web.settings import WebSettings
+
+    settings = load_settings(WebSettings)
+    _logging(settings)
+    serve(settings)
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Ask the workers to run a job once."""
+    from services.sync_worker.errors import UnknownJob
+    from services.sync_worker.main import send_trigger
+    from services.sync_worker.settings import WorkerSettings
+
+    settings = load_settings(WorkerSettings)
+    try:
+        command = asyncio.run(send_trigger(settings, args.job, "cli", requested_by="cli"))
+    except UnknownJob as error:
+        print(f"joblog: {error}", file=sys.stderr)
+        return 2
+    print(f"triggered {command.job} (command {command.command_id}); a worker picks it up")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Start everything locally: NATS and Postgres (from wheels, unless given), recorder, worker, web."""
+    from joblog.dev import main as dev_main
+
+    return dev_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="joblog",
+        description="Job execution log: sync worker, log recorder and web. Settings come from JOBLOG_* variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str, details: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=f"{help_text}. {details}")
+        p.set_defaults(handler=handler)
+        return p
+
+    dev = add("dev", cmd_dev, "Run the whole stack locally",
+              "Starts NATS and Postgres from the pip wheels under .joblog/ unless JOBLOG_NATS_URL / "
+              "JOBLOG_DATABASE_URL are set, migrates, starts recorder, worker and web, triggers one sync. Ctrl-C stops it all.")
+    dev.add_argument("--data-dir", default=".joblog", help="where the embedded servers keep their data (default .joblog)")
+    dev.add_argument("--port", type=int, default=None, help="web port (default JOBLOG_WEB_PORT or 8080)")
+    dev.add_argument("--no-sync", action="store_true", help="do not trigger a first sync")
+    add("migrate", cmd_migrate, "Apply database migrations",
+        "Needs JOBLOG_DATABASE_URL. Creates the database if missing; safe to run twice or from several processes at once.")
+    add("worker", cmd_worker, "Run a sync worker",
+        "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated). Stops on SIGTERM after running jobs finish.")
+    add("recorder", cmd_recorder, "Run the log recorder",
+        "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated). Several recorders may share the durable consumer.")
+    add("web", cmd_web, "Serve the web UI",
+        "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL; listens on JOBLOG_WEB_HOST:JOBLOG_WEB_PORT.")
+    trigger = add("trigger", cmd_trigger, "Trigger a job run", "Needs JOBLOG_NATS_URL; a running worker executes it.")
+    trigger.add_argument("job", metavar="JOB", help="job id, e.g. sync_open_orders")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.handler(args)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

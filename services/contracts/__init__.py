@@ -1,0 +1,40 @@
+"""The public event contract of joblog: event models, subjects and stream settings.
+
+Other programs subscribe to these events; change them only as docs/events.md allows.
+This package imports nothing from the services.
+"""
+from services.contracts.events import (
+    SCHEMA_VERSION,
+    EventAdapter,
+    JobDescription,
+    JobEvent,
+    RunCreated,
+    RunEvent,
+    RunFailed,
+    RunStarted,
+    RunSucceeded,
+    StepLevel,
+    StepLogged,
+    TriggerRequested,
+    WorkerHeartbeat,
+    parse_event,
+)
+from services.contracts.subjects import Subjects
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "EventAdapter",
+    "JobDescription",
+    "JobEvent",
+    "RunCreated",
+    "RunEvent",
+    "RunFailed",
+    "RunStarted",
+    "RunSucceeded",
+    "StepLevel",
+    "StepLogged",
+    "Subjects",
+    "TriggerRequested",
+    "WorkerHeartbeat",
+    "parse_event",
+]

@@ -1,0 +1,5 @@
+"""Errors of the contract package."""
+
+
+class ContractError(Exception):
+    """Root of the contract's errors."""

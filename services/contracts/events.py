@@ -1,0 +1,140 @@
+"""Job events: frozen, past tense, validated where they enter or leave NATS."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+SCHEMA_VERSION = 1
+
+# Names are the run's start time, YYYYMMDDhhmmss, with -2, -3 ... for runs in the same second.
+RUN_NAME_PATTERN = r"^\d{14}(-\d+)?$"
+# Job and worker ids become subject tokens: no dots, spaces or wildcards.
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+StepLevel = Literal["debug", "info", "warning", "error"]
+TriggerKind = Literal["manual", "schedule", "cli", "retry", "startup"]
+
+
+def utcnow() -> datetime:
+    """The current time in UTC, to the microsecond."""
+    return datetime.now(timezone.utc)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JobEvent(_Frozen):
+    """What every event of a run carries."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique; also the Nats-Msg-Id header.")
+    run_id: uuid.UUID
+    name: str = Field(pattern=RUN_NAME_PATTERN, description="The run's name, YYYYMMDDhhmmss[-N].")
+    job: str = Field(pattern=TOKEN_PATTERN)
+    seq: int = Field(ge=1, description="Per run: 1, 2, 3 ... in emission order.")
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(timezone.utc)
+
+
+class RunCreated(JobEvent):
+    """A run was created (status new)."""
+
+    type: Literal["run.created"] = "run.created"
+    trigger: TriggerKind = "manual"
+    worker_id: str = Field(pattern=TOKEN_PATTERN)
+    requested_by: str | None = Field(default=None, max_length=200)
+
+
+class RunStarted(JobEvent):
+    """A run began working (status processing)."""
+
+    type: Literal["run.started"] = "run.started"
+    worker_id: str = Field(pattern=TOKEN_PATTERN)
+    host: str = Field(max_length=255)
+    pid: int
+
+
+class StepLogged(JobEvent):
+    """A step message; a later step with the same key updates that detail in place."""
+
+    type: Literal["run.step"] = "run.step"
+    key: str = Field(min_length=1, max_length=200)
+    message: str = Field(max_length=20_000)
+    level: StepLevel = "info"
+    data: dict[str, Any] | None = None
+
+
+class RunSucceeded(JobEvent):
+    """A run finished without error (status success)."""
+
+    type: Literal["run.succeeded"] = "run.succeeded"
+    stats: dict[str, Any] = Field(default_factory=dict)
+    duration_ms: int = Field(ge=0)
+
+
+class RunFailed(JobEvent):
+    """A run ended in error (status error)."""
+
+    type: Literal["run.failed"] = "run.failed"
+    error_class: str = Field(max_length=200)
+    error_message: str = Field(max_length=20_000)
+    traceback: str | None = Field(default=None, max_length=100_000)
+    step: str | None = Field(default=None, description="Key of the step that was running.")
+    stats: dict[str, Any] = Field(default_factory=dict)
+    duration_ms: int | None = Field(default=None, ge=0)
+
+
+RunEvent = Annotated[
+    Union[RunCreated, RunStarted, StepLogged, RunSucceeded, RunFailed],
+    Field(discriminator="type"),
+]
+EventAdapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+
+def parse_event(payload: bytes | str) -> RunEvent:
+    """Validate one run event from its JSON; raises pydantic.ValidationError."""
+    return EventAdapter.validate_json(payload)
+
+
+class JobDescription(_Frozen):
+    """A job a worker can run, as the Jobs Monitor shows it."""
+
+    name: str = Field(pattern=TOKEN_PATTERN)
+    title: str = Field(max_length=200)
+    description: str = Field(default="", max_length=2000)
+    schedule: str | None = Field(default=None, description="Cron expression or interval, if scheduled.")
+    max_concurrency: int = Field(default=1, ge=1)
+
+
+class WorkerHeartbeat(_Frozen):
+    """A worker is alive and running these runs."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["worker.heartbeat"] = "worker.heartbeat"
+    worker_id: str = Field(pattern=TOKEN_PATTERN)
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: AwareDatetime
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    running: list[uuid.UUID] = Field(default_factory=list, description="run_ids in progress on this worker.")
+    jobs: list[JobDescription] = Field(default_factory=list)
+
+
+class TriggerRequested(_Frozen):
+    """A command: run this job once. The command_id de-duplicates (e.g. one per schedule slot)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["trigger.requested"] = "trigger.requested"
+    command_id: str = Field(default_factory=lambda: str(uuid.uuid4()), max_length=200)
+    job: str = Field(pattern=TOKEN_PATTERN)
+    trigger: TriggerKind = "manual"
+    requested_by: str | None = Field(default=None, max_length=200)
+    requested_at: AwareDatetime = Field(default_factory=utcnow)

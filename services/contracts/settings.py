@@ -1,0 +1,90 @@
+"""Settings every service shares: where NATS and Postgres are, and how to name the streams.
+
+Read from JOBLOG_* environment variables by pydantic-settings, never at import time.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.contracts.subjects import Subjects
+
+ENV_PREFIX = "JOBLOG_"
+
+
+class CommonSettings(BaseSettings):
+    """Connection and naming settings shared by the worker, the recorder and the web."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma-separated.")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/joblog", description="Postgres DSN (asyncpg)."
+    )
+    stream: str = Field("JOBS", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="JetStream stream of run events.")
+    subject_prefix: str = Field("joblog", pattern=r"^[a-z0-9_-]{1,32}$", description="First token of every subject.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of each stream (3 on a NATS cluster).")
+    timezone: str = Field("UTC", description="Time zone of run names and page timestamps.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, value: str) -> str:
+        for url in value.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"expected nats://host:port, got {url.strip()!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_scheme(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected postgresql://user@host:port/database")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(prefix=self.subject_prefix, stream=self.stream)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",")]
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the first bad variable and why."""
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {str(value)[:80]!r})"
+    return f"invalid setting {ENV_PREFIX}{field.upper()}: {first['msg']}{shown}"
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build settings from the environment, or stop the process with one clear line."""
+    try:
+        return cls()
+    except ValidationError as error:
+        print(f"joblog: {describe_error(error)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,118 @@
+"""Subject names and stream definitions: hierarchical, so wildcards select what a consumer needs.
+
+    {prefix}.run.{job}.{name}.{kind}     run events; kind is created|started|step|succeeded|failed
+    {prefix}.worker.{worker_id}.heartbeat
+    {prefix}.cmd.trigger.{job}           commands to the workers (a work-queue stream)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from services.contracts.events import RunEvent
+
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Where events and commands go, for one deployment (prefix) and stream name."""
+
+    prefix: str = "joblog"
+    stream: str = "JOBS"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}.run.>"
+
+    @property
+    def heartbeats(self) -> str:
+        return f"{self.prefix}.worker.*.heartbeat"
+
+    @property
+    def triggers(self) -> str:
+        return f"{self.prefix}.cmd.trigger.*"
+
+    @property
+    def heartbeat_stream(self) -> str:
+        return f"{self.stream}_HEARTBEATS"
+
+    @property
+    def command_stream(self) -> str:
+        return f"{self.stream}_COMMANDS"
+
+    def for_event(self, event: RunEvent) -> str:
+        kind = event.type.split(".", 1)[1]
+        return f"{self.prefix}.run.{event.job}.{event.name}.{kind}"
+
+    def for_heartbeat(self, worker_id: str) -> str:
+        return f"{self.prefix}.worker.{worker_id}.heartbeat"
+
+    def for_trigger(self, job: str) -> str:
+        return f"{self.prefix}.cmd.trigger.{job}"
+
+    def stream_configs(self, replicas: int = 1) -> list[StreamConfig]:
+        """The three streams: run events (kept), heartbeats (short-lived), commands (work queue)."""
+        return [
+            StreamConfig(
+                name=self.stream,
+                subjects=[self.runs],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                num_replicas=replicas,
+                max_msg_size=1024 * 1024,
+            ),
+            StreamConfig(
+                name=self.heartbeat_stream,
+                subjects=[self.heartbeats],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=3600.0,
+                max_msgs_per_subject=100,
+                num_replicas=replicas,
+            ),
+            StreamConfig(
+                name=self.command_stream,
+                subjects=[self.triggers],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                discard=DiscardPolicy.OLD,
+                max_age=24 * 3600.0,
+                num_replicas=replicas,
+            ),
+        ]
+
+
+async def ensure_streams(js, subjects: Subjects, replicas: int = 1) -> None:  # type: ignore[no-untyped-def]
+    """Create the streams, or bring an existing one's config up to date; safe from many processes."""
+    import nats.js.errors
+
+    for config in subjects.stream_configs(replicas):
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Exists with another config (e.g. an older version): update in place.
+            await js.update_stream(config)
+
+
+async def publish_trigger(js, subjects: Subjects, command) -> None:  # type: ignore[no-untyped-def]
+    """Send a TriggerRequested to the workers' work queue; its command_id de-duplicates."""
+    await js.publish(
+        subjects.for_trigger(command.job), command.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": command.command_id},
+    )
+
+
+async def close_nats(nc, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Flush what we published, then close; never hang a shutdown on a NATS server that is gone.
+
+    Everything we consumed is acknowledged by then, so there is nothing to drain."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        await nc.flush(timeout=timeout)
+    with contextlib.suppress(Exception):
+        await nc.close()

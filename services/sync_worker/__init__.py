@@ -1,0 +1,1 @@
+"""The sync worker: runs jobs and publishes every run's lifecycle and step events."""

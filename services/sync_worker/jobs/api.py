@@ -1,0 +1,245 @@
+"""The generic job API: any job registered here gets a complete run log for free.
+
+    @registry.job("purge_closed_orders", title="PurgeClosedOrdersJob")
+    async def purge(ctx: RunContext) -> dict:
+        await ctx.log("Looking for closed orders", key="scan")
+        ...
+        return {"deleted": n}            # final statistics of the run
+
+The runner publishes run.created, run.started, one run.step per ctx.log, and run.succeeded
+with the returned statistics; an uncaught exception becomes run.failed with its class,
+message, traceback and the step that was running.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+
+from services.contracts import (
+    JobDescription,
+    RunCreated,
+    RunEvent,
+    RunFailed,
+    RunStarted,
+    RunSucceeded,
+    StepLevel,
+    StepLogged,
+)
+from services.contracts.events import TriggerKind, utcnow
+from services.sync_worker import db
+from services.sync_worker.errors import UnknownJob
+from services.sync_worker.outbox import encode
+from services.sync_worker.settings import WorkerSettings
+
+log = structlog.get_logger("joblog.worker")
+
+JobFunction = Callable[["RunContext"], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A registered job: its id (used in subjects), display title and the function."""
+
+    name: str
+    title: str
+    function: JobFunction
+    max_concurrency: int = 1
+    description: str = ""
+
+
+class JobRegistry:
+    """Jobs by name."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobSpec] = {}
+
+    def job(
+        self, name: str, *, title: str, max_concurrency: int = 1, description: str = ""
+    ) -> Callable[[JobFunction], JobFunction]:
+        """Register an async function as a job."""
+
+        def register(function: JobFunction) -> JobFunction:
+            self._jobs[name] = JobSpec(name, title, function, max_concurrency, description or (function.__doc__ or "").strip())
+            return function
+
+        return register
+
+    def get(self, name: str) -> JobSpec:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            raise UnknownJob(f"unknown job {name!r}; known: {', '.join(sorted(self._jobs))}") from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._jobs.values())
+
+    def describe(self) -> list[JobDescription]:
+        return [
+            JobDescription(name=s.name, title=s.title, description=s.description, max_concurrency=s.max_concurrency)
+            for s in sorted(self._jobs.values(), key=lambda s: s.name)
+        ]
+
+    def names(self) -> list[str]:
+        return sorted(self._jobs)
+
+
+registry = JobRegistry()
+
+
+@dataclass
+class RunContext:
+    """What a running job sees: its identity, settings, a pool, and log()."""
+
+    run_id: uuid.UUID
+    name: str
+    job: str
+    settings: WorkerSettings
+    pool: asyncpg.Pool
+    on_flush: Callable[[], None] = lambda: None
+    seq: int = 0
+    current_step: str | None = None
+    _buffer: list[RunEvent] = field(default_factory=list)
+    _last_flush: float = field(default_factory=time.monotonic)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def log(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        level: StepLevel = "info",
+        conn: asyncpg.Connection | None = None,
+        **data: Any,
+    ) -> None:
+        """Log a step. A later call with the same key updates that detail in place.
+
+        Pass conn to commit the event in the same transaction as the work it describes.
+        """
+        seq = self.next_seq()
+        key = key or f"step-{seq}"
+        self.current_step = key
+        self.emit(
+            StepLogged(
+                run_id=self.run_id, name=self.name, job=self.job, seq=seq,
+                key=key, message=message, level=level, data=data or None,
+            )
+        )
+        if conn is not None:
+            await self.flush(conn)
+        elif len(self._buffer) >= 200 or time.monotonic() - self._last_flush > 0.05:
+            await self.flush()
+
+    def emit(self, event: RunEvent) -> None:
+        self._buffer.append(event)
+
+    async def flush(self, conn: asyncpg.Connection | None = None) -> None:
+        """Write buffered events to the outbox (in conn's transaction if given)."""
+        if not self._buffer:
+            return
+        rows = encode(self.settings.subjects, self._buffer)
+        if conn is None:
+            async with self.pool.acquire() as own:
+                await db.append_outbox(own, rows)
+        else:
+            await db.append_outbox(conn, rows)
+        self._buffer.clear()
+        self._last_flush = time.monotonic()
+        self.on_flush()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction whose buffered events commit with it."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                yield conn
+                await self.flush(conn)
+
+
+def base_name(moment: datetime, settings: WorkerSettings) -> str:
+    """YYYYMMDDhhmmss in the configured time zone."""
+    return moment.astimezone(settings.zone).strftime("%Y%m%d%H%M%S")
+
+
+async def create_run(
+    spec: JobSpec,
+    settings: WorkerSettings,
+    pool: asyncpg.Pool,
+    *,
+    trigger: TriggerKind,
+    requested_by: str | None = None,
+    on_flush: Callable[[], None] = lambda: None,
+) -> RunContext:
+    """Name the run (unique across workers) and commit its run.created event."""
+    run_id = uuid.uuid4()
+    now = utcnow()
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            name = await db.reserve_run_name(conn, base_name(now, settings), run_id, spec.name)
+            ctx = RunContext(run_id=run_id, name=name, job=spec.name, settings=settings, pool=pool, on_flush=on_flush)
+            ctx.emit(
+                RunCreated(
+                    run_id=run_id, name=name, job=spec.name, seq=ctx.next_seq(), occurred_at=now,
+                    trigger=trigger, worker_id=settings.worker_id, requested_by=requested_by,
+                )
+            )
+            await ctx.flush(conn)
+    return ctx
+
+
+async def execute_run(spec: JobSpec, ctx: RunContext) -> bool:
+    """Run the job, publishing started, then succeeded or failed. Returns True on success."""
+    started = time.monotonic()
+    bound = log.bind(run=ctx.name, job=spec.name, run_id=str(ctx.run_id))
+    ctx.emit(
+        RunStarted(
+            run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),
+            worker_id=ctx.settings.worker_id, host=socket.gethostname(), pid=os.getpid(),
+        )
+    )
+    await ctx.flush()
+    bound.info("run started")
+    try:
+        stats = await spec.function(ctx) or {}
+    except (Exception, asyncio.CancelledError) as error:
+        duration_ms = int((time.monotonic() - started) * 1000)
+        message = str(error) or repr(error)
+        if isinstance(error, asyncio.CancelledError):
+            message = "the worker stopped before the run finished"
+        ctx.emit(
+            RunFailed(
+                run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),
+                error_class=type(error).__name__, error_message=message[:20_000],
+                traceback="".join(traceback.format_exception(error))[-100_000:],
+                step=ctx.current_step, duration_ms=duration_ms,
+            )
+        )
+        await ctx.flush()
+        bound.warning("run failed", error=message, step=ctx.current_step)
+        if isinstance(error, asyncio.CancelledError):
+            raise
+        return False
+    duration_ms = int((time.monotonic() - started) * 1000)
+    ctx.emit(
+        RunSucceeded(
+            run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),
+            stats=stats, duration_ms=duration_ms,
+        )
+    )
+    await ctx.flush()
+    bound.info("run succeeded", duration_ms=duration_ms)
+    return True

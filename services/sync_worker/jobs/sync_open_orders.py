@@ -1,0 +1,133 @@
+"""SyncOpenOrdersJob: bring open_orders in step with the ERP's open orders."""
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.contracts.events import utcnow
+from services.sync_worker import db
+from services.sync_worker.jobs.api import RunContext, registry
+from services.sync_worker.sources import RawOrder, open_source
+
+# Individual warnings per run; past this, invalid rows are only counted.
+MAX_WARNINGS = 50
+
+
+class SourceOrder(BaseModel):
+    """One order as the source must provide it."""
+
+    model_config = ConfigDict(str_strip_whitespace=True, extra="ignore")
+
+    order_number: str = Field(min_length=1, max_length=40)
+    customer_code: str = Field(min_length=1, max_length=40)
+    customer_name: str = Field(min_length=1, max_length=200)
+    status: str = Field(min_length=1, max_length=40)
+    order_date: date
+    requested_ship_date: date | None = None
+    warehouse: str | None = Field(default=None, max_length=40)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    total_amount: Decimal = Field(ge=0, max_digits=14, decimal_places=2)
+    line_count: int = Field(ge=1)
+    updated_at: datetime | None = None
+
+    @field_validator("requested_ship_date", "warehouse", "updated_at", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def record(self) -> tuple[Any, ...]:
+        values = (
+            self.order_number, self.customer_code, self.customer_name, self.status, self.order_date,
+            self.requested_ship_date, self.warehouse, self.currency, self.total_amount, self.line_count,
+            self.updated_at,
+        )
+        digest = hashlib.blake2b(repr(values).encode(), digest_size=16).hexdigest()
+        return (*values, digest)
+
+
+def explain(error: ValidationError) -> str:
+    """'customer_name: String should have at least 1 character' for the first problem."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "row"
+    return f"{where}: {first['msg']}"
+
+
+@registry.job("sync_open_orders", title="SyncOpenOrdersJob", description="Pull open orders from the ERP into open_orders.")
+async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
+    """Upsert every valid source order, close the ones that left the source, report the counts."""
+    began = time.monotonic()
+    source = open_source(ctx.settings)
+    stats = {"fetched": 0, "created": 0, "updated": 0, "unchanged": 0, "closed": 0, "invalid": 0}
+    seen: set[str] = set()
+    warnings = 0
+
+    await ctx.log(f"Connecting to {source.description}", key="connect", source=source.description)
+    async with source.connect() as batches:
+        await ctx.log(f"Connection established to {source.description}", key="connected")
+        async with ctx.pool.acquire() as conn:
+            await db.prepare_staging(conn)
+            async for raw_batch in batches:
+                stats["fetched"] += len(raw_batch)
+                records = []
+                for raw in raw_batch:
+                    problem, record = _validate(raw, seen)
+                    if problem is None:
+                        records.append(record)
+                        continue
+                    stats["invalid"] += 1
+                    warnings += 1
+                    if warnings <= MAX_WARNINGS:
+                        number = str(raw.get("order_number") or "?")
+                        await ctx.log(
+                            f"Skipped order {number}: {problem}", level="warning",
+                            order_number=number, reason=problem,
+                        )
+                async with conn.transaction():
+                    if records:
+                        counts = await db.upsert_orders(conn, records, ctx.run_id, utcnow())
+                        for name, value in counts.items():
+                            stats[name] += value
+                    await ctx.log(
+                        f"Fetched {stats['fetched']:,} orders", key="fetched", fetched=stats["fetched"], conn=conn
+                    )
+                    await ctx.log(_progress(stats), key="import", conn=conn, **stats)
+            async with conn.transaction():
+                stats["closed"] = await db.close_missing_orders(conn, ctx.run_id, utcnow())
+                await ctx.log(
+                    f"Closed {stats['closed']:,} orders no longer open in the source",
+                    key="closed", closed=stats["closed"], conn=conn,
+                )
+    if warnings > MAX_WARNINGS:
+        await ctx.log(
+            f"{warnings - MAX_WARNINGS:,} more invalid orders were skipped (only the first {MAX_WARNINGS} are listed)",
+            key="invalid-more", level="warning", invalid=stats["invalid"],
+        )
+    await ctx.log(_progress(stats, done=True), key="import", **stats)
+    duration = time.monotonic() - began
+    await ctx.log(f"Finished in {duration:.2f} s", key="duration", duration_s=round(duration, 3))
+    return {**stats, "imported": stats["created"] + stats["updated"] + stats["unchanged"]}
+
+
+def _validate(raw: RawOrder, seen: set[str]) -> tuple[str | None, tuple[Any, ...] | None]:
+    try:
+        order = SourceOrder.model_validate(raw)
+    except ValidationError as error:
+        return explain(error), None
+    if order.order_number in seen:
+        return "order number appears twice in the source", None
+    seen.add(order.order_number)
+    return None, order.record()
+
+
+def _progress(stats: dict[str, int], done: bool = False) -> str:
+    imported = stats["created"] + stats["updated"] + stats["unchanged"]
+    head = "Imported" if done else "Importing:"
+    return (
+        f"{head} {imported:,} orders ({stats['created']:,} created, {stats['updated']:,} updated, "
+        f"{stats['unchanged']:,} unchanged), {stats['closed']:,} closed, {stats['invalid']:,} invalid"
+    )

@@ -1,0 +1,209 @@
+"""The worker's run loop: take triggers from the command stream, run jobs, relay their events."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from contextlib import AsyncExitStack
+
+from typing import Any
+
+import asyncpg
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig
+from pydantic import ValidationError
+
+from services.contracts import TriggerRequested, WorkerHeartbeat
+from services.contracts.events import TriggerKind, utcnow
+from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
+from services.sync_worker.errors import UnknownJob
+from services.sync_worker.jobs import RunContext, registry
+from services.sync_worker.jobs.api import JobSpec, create_run, execute_run
+from services.sync_worker.outbox import Relay
+from services.sync_worker.settings import WorkerSettings
+
+log = structlog.get_logger("joblog.worker")
+
+TRIGGER_CONSUMER = "workers"
+JOB_LOCK_NAMESPACE = "joblog.job"
+
+
+async def connect_nats(settings: WorkerSettings, name: str) -> NATS:
+    """A connection that keeps reconnecting for as long as the process lives."""
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats error", error=repr(error))
+
+    return await nats.connect(
+        servers=settings.nats_servers, name=name, max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5, connect_timeout=5, error_cb=on_error,
+    )
+
+
+class Worker:
+    """One worker process: runs triggered jobs, at most max_concurrency per job across workers."""
+
+    def __init__(self, settings: WorkerSettings, pool: asyncpg.Pool, nc: NATS) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.nc = nc
+        self.js = nc.jetstream(timeout=5)
+        self.relay = Relay(pool, self.js, settings.outbox_batch_size)
+        self.running: dict[str, RunContext] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.started_at = utcnow()
+
+    async def trigger(self, job: str, trigger: TriggerKind = "manual", requested_by: str | None = None) -> RunContext:
+        """Create a run of job now and start it in the background; returns its context."""
+        spec = registry.get(job)
+        ctx = await create_run(spec, self.settings, self.pool, trigger=trigger, requested_by=requested_by, on_flush=self.relay.wake)
+        task = asyncio.create_task(self._run(spec, ctx), name=f"run-{ctx.name}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return ctx
+
+    async def _run(self, spec: JobSpec, ctx: RunContext) -> None:
+        self.running[str(ctx.run_id)] = ctx
+        try:
+            async with self.pool.acquire() as lock_conn:
+                slot = await _take_job_slot(lock_conn, spec)
+                if slot is None:
+                    await _skip(spec, ctx)
+                    return
+                try:
+                    await execute_run(spec, ctx)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1), $2)", f"{JOB_LOCK_NAMESPACE}.{spec.name}", slot)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("run crashed outside the job", run=ctx.name)
+        finally:
+            self.running.pop(str(ctx.run_id), None)
+
+    async def consume_triggers(self, stopping: asyncio.Event) -> None:
+        """One run per trigger message, shared by every worker through one durable consumer."""
+        subjects = self.settings.subjects
+        sub = await self.js.pull_subscribe(
+            subjects.triggers, durable=TRIGGER_CONSUMER, stream=subjects.command_stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=5),
+        )
+        while not stopping.is_set():
+            try:
+                messages = await sub.fetch(1, timeout=1)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as error:
+                log.warning("fetching triggers failed", error=repr(error))
+                await asyncio.sleep(1)
+                continue
+            for message in messages:
+                await self._handle_trigger(message)
+
+    async def _handle_trigger(self, message: Any) -> None:
+        try:
+            command = TriggerRequested.model_validate_json(message.data)
+            ctx = await self.trigger(command.job, command.trigger, command.requested_by)
+        except (ValidationError, UnknownJob) as error:
+            log.warning("ignoring bad trigger", subject=message.subject, error=str(error).splitlines()[0])
+            await message.term()
+            return
+        log.info("trigger accepted", job=command.job, run=ctx.name, command_id=command.command_id)
+        await message.ack()
+
+    async def heartbeat(self, stopping: asyncio.Event) -> None:
+        """Tell the recorder and the monitor that this worker is alive, and what it runs."""
+        subject = self.settings.subjects.for_heartbeat(self.settings.worker_id)
+        while not stopping.is_set():
+            beat = WorkerHeartbeat(
+                worker_id=self.settings.worker_id, host=socket.gethostname(), pid=os.getpid(),
+                started_at=self.started_at, running=[ctx.run_id for ctx in self.running.values()],
+                jobs=registry.describe(),
+            )
+            with contextlib.suppress(Exception):
+                await self.js.publish(subject, beat.model_dump_json().encode(), timeout=2)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.heartbeat_interval)
+
+    async def finish(self) -> None:
+        """Let running jobs finish within the grace period, then fail them with a reason."""
+        if self.tasks:
+            log.info("waiting for running jobs", runs=[c.name for c in self.running.values()], grace_s=self.settings.shutdown_grace)
+            _, pending = await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+
+async def _take_job_slot(conn: asyncpg.Connection, spec: JobSpec) -> int | None:
+    """One of the job's max_concurrency slots, held by this connection; None if all are taken."""
+    for slot in range(1, spec.max_concurrency + 1):
+        if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1), $2)", f"{JOB_LOCK_NAMESPACE}.{spec.name}", slot):
+            return slot
+    return None
+
+
+async def _skip(spec: JobSpec, ctx: RunContext) -> None:
+    """A trigger while the job is at its concurrency limit: logged as a run, not dropped."""
+
+    async def skipped(run: RunContext) -> dict[str, Any]:
+        await run.log(
+            f"Skipped: {spec.title} is already running (at most {spec.max_concurrency} at a time)",
+            key="skipped", level="warning",
+        )
+        return {"skipped": True}
+
+    await execute_run(JobSpec(spec.name, spec.title, skipped, spec.max_concurrency), ctx)
+
+
+async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stopping: asyncio.Event | None = None) -> None:
+    """Run a worker until SIGTERM/SIGINT (or stopping is set)."""
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(asyncpg.create_pool(settings.database_url, min_size=1, max_size=10))
+        nc = await connect_nats(settings, f"joblog-worker-{settings.worker_id}")
+        stack.push_async_callback(close_nats, nc)
+        worker = Worker(settings, pool, nc)
+        await ensure_streams(worker.js, settings.subjects, settings.stream_replicas)
+        relay_stop = asyncio.Event()
+        relay = asyncio.create_task(worker.relay.run(relay_stop), name="outbox-relay")
+        beats = asyncio.create_task(worker.heartbeat(stopping), name="heartbeat")
+        log.info("worker ready", worker_id=settings.worker_id, jobs=registry.names())
+        if ready:
+            ready.set()
+        await worker.consume_triggers(stopping)
+        await worker.finish()
+        relay_stop.set()
+        worker.relay.wake()
+        try:
+            await asyncio.wait_for(relay, timeout=15)
+        except asyncio.TimeoutError:
+            log.warning("events still in the outbox at shutdown; the next worker publishes them")
+        await beats
+    log.info("worker stopped", worker_id=settings.worker_id)
+
+
+async def send_trigger(settings: WorkerSettings, job: str, trigger: TriggerKind = "cli", requested_by: str | None = None) -> TriggerRequested:
+    """Publish one trigger command (what `joblog trigger` and the web's "Run now" do)."""
+    registry.get(job)
+    command = TriggerRequested(job=job, trigger=trigger, requested_by=requested_by)
+    nc = await connect_nats(settings, "joblog-trigger")
+    try:
+        js = nc.jetstream(timeout=5)
+        await ensure_streams(js, settings.subjects, settings.stream_replicas)
+        await publish_trigger(js, settings.subjects, command)
+    finally:
+        await close_nats(nc)
+    return command
+
+

@@ -1,0 +1,83 @@
+"""The web application factory: resources as cleanup contexts, typed app keys."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp_jinja2
+import asyncpg
+import jinja2
+import nats
+import structlog
+from aiohttp import web
+
+from services.contracts.subjects import close_nats
+from services.web import views
+from services.web.directory import WorkerDirectory
+from services.web.keys import DIRECTORY, NATS_CONNECTION, POOL, SETTINGS
+from services.web.middleware import basic_auth, error_pages, same_origin_posts, security_headers
+from services.web.routes import setup_routes
+from services.web.settings import WebSettings
+
+log = structlog.get_logger("joblog.web")
+
+
+HERE = Path(__file__).parent
+
+
+async def _postgres(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=10) as pool:
+        app[POOL] = pool
+        yield
+
+
+async def _nats(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+
+    async def on_error(error: Exception) -> None:
+        log.warning("nats error", error=repr(error))
+
+    nc = await nats.connect(
+        servers=settings.nats_servers, name="joblog-web", max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5, error_cb=on_error,
+    )
+    app[NATS_CONNECTION] = nc
+    stopping = asyncio.Event()
+    follower = asyncio.create_task(app[DIRECTORY].follow(nc.jetstream(), settings.subjects, stopping))
+    yield
+    stopping.set()
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+    await close_nats(nc)
+
+
+def create_app(settings: WebSettings) -> web.Application:
+    """The web app for these settings; Postgres and NATS are opened on startup."""
+    middlewares = [security_headers, error_pages]
+    if settings.admin_password is not None:
+        middlewares.append(basic_auth(settings.admin_password.get_secret_value()))
+    middlewares.append(same_origin_posts)
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[DIRECTORY] = WorkerDirectory(settings.worker_timeout)
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+    )
+    views.install_filters(env, settings)
+    app.cleanup_ctx.append(_postgres)
+    app.cleanup_ctx.append(_nats)
+    setup_routes(app, HERE / "static")
+    return app
+
+
+def serve(settings: WebSettings) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    log.info("web listening", url=f"http://{settings.web_host}:{settings.web_port}")
+    web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, print=None, access_log=None)
+    log.info("web stopped")

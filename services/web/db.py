@@ -1,0 +1,141 @@
+"""The web's SQL: read-only queries over the projection and open_orders."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+RUN_COLUMNS = """
+    id, name, job, status, trigger, requested_by, worker_id, host, created_at, updated_at, started_at,
+    finished_at, duration_ms, stats, error_class, error_message, error_traceback, failed_step, last_seq
+"""
+
+
+async def list_runs(
+    conn: asyncpg.Connection,
+    *,
+    limit: int,
+    status: str | None = None,
+    job: str | None = None,
+    search: str | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[asyncpg.Record]:
+    """Most recent first, keyset-paginated on (created_at, id): fast at any depth."""
+    where, args = [], []  # type: list[str], list[Any]
+    if status:
+        args.append(status)
+        where.append(f"status = ${len(args)}")
+    if job:
+        args.append(job)
+        where.append(f"job = ${len(args)}")
+    if search:
+        args.append(search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        where.append(f"name LIKE ${len(args)}")
+    if before:
+        args.extend(before)
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    sql = f"SELECT {RUN_COLUMNS} FROM job_logs {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+    return await conn.fetch(sql, *args)
+
+
+async def get_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM job_logs WHERE name = $1", name)
+
+
+LIST_DETAILS = """
+SELECT key, message, level, data, first_seq, seq, created_at, updated_at
+FROM job_log_details WHERE job_log_id = $1 AND first_seq > $2
+ORDER BY first_seq LIMIT $3
+"""
+
+
+async def list_details(conn: asyncpg.Connection, run_id: uuid.UUID, after_seq: int = 0, limit: int = 500) -> list[asyncpg.Record]:
+    """A run's details in the order the run emitted them."""
+    return await conn.fetch(LIST_DETAILS, run_id, after_seq, limit)
+
+
+async def count_details(conn: asyncpg.Connection, run_id: uuid.UUID) -> int:
+    return await conn.fetchval("SELECT count(*) FROM job_log_details WHERE job_log_id = $1", run_id)
+
+
+LATEST_PER_JOB = f"""
+SELECT k.job, r.* FROM unnest($1::text[]) AS k(job)
+LEFT JOIN LATERAL (
+    SELECT {RUN_COLUMNS.replace("job,", "")} FROM job_logs WHERE job = k.job ORDER BY created_at DESC, id DESC LIMIT 1
+) r ON true
+"""
+
+
+async def latest_runs(conn: asyncpg.Connection, jobs: list[str]) -> dict[str, asyncpg.Record]:
+    """The most recent run of each job (by index, not by scanning every run)."""
+    return {row["job"]: row for row in await conn.fetch(LATEST_PER_JOB, jobs) if row["id"]}
+
+
+async def known_jobs(conn: asyncpg.Connection) -> list[str]:
+    """Jobs that have runs; a loose index scan so it stays cheap at a million runs."""
+    rows = await conn.fetch(
+        """
+        WITH RECURSIVE jobs(job) AS (
+            (SELECT job FROM job_logs ORDER BY job LIMIT 1)
+            UNION ALL
+            SELECT (SELECT job FROM job_logs WHERE job > jobs.job ORDER BY job LIMIT 1) FROM jobs WHERE jobs.job IS NOT NULL
+        ) SELECT job FROM jobs WHERE job IS NOT NULL
+        """
+    )
+    return [row["job"] for row in rows]
+
+
+ORDER_SORTS = {
+    "order_number": "order_number",
+    "customer": "customer_name",
+    "status": "status",
+    "order_date": "order_date",
+    "ship_date": "requested_ship_date",
+    "total": "total_amount",
+    "warehouse": "warehouse",
+}
+
+
+async def list_open_orders(
+    conn: asyncpg.Connection, *, search: str | None, sort: str, descending: bool, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """Open orders (closed ones are hidden), sorted by a whitelisted column; with the total count."""
+    column = ORDER_SORTS[sort]
+    direction = "DESC" if descending else "ASC"
+    where, args = "closed_at IS NULL", []  # type: str, list[Any]
+    if search:
+        args.append(f"%{search.replace(chr(92), chr(92) * 2).replace('%', chr(92) + '%').replace('_', chr(92) + '_')}%")
+        where += " AND (order_number ILIKE $1 OR customer_name ILIKE $1 OR customer_code ILIKE $1)"
+    total = await conn.fetchval(f"SELECT count(*) FROM open_orders WHERE {where}", *args)
+    args.extend([limit, offset])
+    rows = await conn.fetch(
+        f"""SELECT order_number, customer_code, customer_name, status, order_date, requested_ship_date,
+                   warehouse, currency, total_amount, line_count, synced_at
+            FROM open_orders WHERE {where}
+            ORDER BY {column} {direction} NULLS LAST, order_number {direction}
+            LIMIT ${len(args) - 1} OFFSET ${len(args)}""",
+        *args,
+    )
+    return rows, total
+
+
+async def last_successful_sync(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT name, finished_at FROM job_logs WHERE job = 'sync_open_orders' AND status = 'success'
+           ORDER BY created_at DESC, id DESC LIMIT 1"""
+    )
+
+
+async def recorder_health(conn: asyncpg.Connection) -> dict[str, Any]:
+    """Where the projection stands, and the newest dead letters."""
+    state = await conn.fetchrow(
+        "SELECT consumer, last_stream_seq, last_event_at, applied_events, updated_at FROM projection_state ORDER BY updated_at DESC LIMIT 1"
+    )
+    dead = await conn.fetch(
+        "SELECT id, subject, reason, stream_seq, received_at FROM dead_letters ORDER BY id DESC LIMIT 20"
+    )
+    dead_total = await conn.fetchval("SELECT count(*) FROM dead_letters")
+    return {"state": state, "dead_letters": dead, "dead_total": dead_total}

@@ -1,0 +1,14 @@
+"""Typed keys of what the web app holds."""
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from services.web.directory import WorkerDirectory
+from services.web.settings import WebSettings
+
+SETTINGS = web.AppKey("settings", WebSettings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+NATS_CONNECTION = web.AppKey("nats", NATS)
+DIRECTORY = web.AppKey("directory", WorkerDirectory)
