@@ -220,6 +220,14 @@ async def execute_run(spec: JobSpec, ctx: RunContext) -> bool:
         message = str(error) or repr(error)
         if isinstance(error, asyncio.CancelledError):
             message = "the worker stopped before the run finished"
+        where = f" during step '{ctx.current_step}'" if ctx.current_step else ""
+        ctx.emit(
+            StepLogged(
+                run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(), key="error", level="error",
+                message=f"Failed{where}: {type(error).__name__}: {message}"[:20_000],
+                data={"error_class": type(error).__name__, "step": ctx.current_step},
+            )
+        )
         ctx.emit(
             RunFailed(
                 run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),

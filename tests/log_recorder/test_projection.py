@@ -1,0 +1,101 @@
+"""The projection is idempotent and order-independent: the stream is the truth."""
+from __future__ import annotations
+
+import itertools
+
+import asyncpg
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from services.log_recorder import db as recorder_db
+from services.log_recorder.main import run as run_recorder
+from services.log_recorder.projection import Batch
+from tests.conftest import eventually
+from tests.factories import publish, run_events, snapshot
+
+
+async def applied(conn: asyncpg.Connection, count: int) -> bool:
+    return (await conn.fetchval("SELECT coalesce(sum(applied_events), 0) FROM projection_state")) >= count
+
+
+async def test_events_delivered_twice_give_identical_tables(services, js, subjects, recorder_settings, db):
+    good = run_events(name="20261129083000")
+    failed = run_events(name="20261129083001", fail=True)
+    await services(run_recorder, recorder_settings)
+
+    await publish(js, subjects, good + failed)
+    await eventually(lambda: applied(db, len(good + failed)))
+    once = await snapshot(db)
+
+    # The same events again, as a relay re-sending after a lost ack outside the duplicate window.
+    await publish(js, subjects, good + failed, msg_ids=False)
+    await eventually(lambda: applied(db, 2 * len(good + failed)))
+
+    assert await snapshot(db) == once
+    statuses = {r["name"]: r["status"] for r in once["job_logs"]}
+    assert statuses == {"20261129083000": "success", "20261129083001": "error"}
+    progress = [d for d in once["job_log_details"] if d["key"] == "progress"]
+    assert [d["message"] for d in progress] == ["Imported 200 orders"] * 2
+
+
+async def test_jetstream_drops_a_republished_event_with_the_same_msg_id(services, js, subjects, recorder_settings, db):
+    events = run_events()
+    await services(run_recorder, recorder_settings)
+    await publish(js, subjects, events)
+    await publish(js, subjects, events)
+    await eventually(lambda: applied(db, len(events)))
+    info = await js.stream_info(subjects.stream)
+    assert info.state.messages == len(events)
+
+
+async def test_any_single_event_creates_the_run_row(db):
+    events = run_events()
+    step = next(e for e in events if e.type == "run.step")
+    batch = Batch()
+    batch.add(step)
+    async with db.transaction():
+        await recorder_db.apply_batch(db, batch)
+    row = await db.fetchrow("SELECT name, job, status FROM job_logs")
+    assert dict(row) == {"name": step.name, "job": step.job, "status": "new"}
+
+
+async def test_status_never_moves_back(db):
+    events = run_events()
+    for event in reversed(events):  # succeeded first, created last
+        batch = Batch()
+        batch.add(event)
+        async with db.transaction():
+            await recorder_db.apply_batch(db, batch)
+    assert await db.fetchval("SELECT status FROM job_logs") == "success"
+
+
+async def _project(conn: asyncpg.Connection, batches: list[list]) -> dict:  # type: ignore[type-arg]
+    await conn.execute("TRUNCATE job_logs CASCADE")
+    for events in batches:
+        batch = Batch()
+        for event in events:
+            batch.add(event)
+        async with conn.transaction():
+            await recorder_db.apply_batch(conn, batch)
+    return await snapshot(conn)
+
+
+RUNS = [run_events(name="20261129083000", steps=3, updates=3), run_events(name="20261129083001", steps=2, fail=True)]
+ALL_EVENTS = [e for run in RUNS for e in run]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    order=st.permutations(range(len(ALL_EVENTS))),
+    duplicates=st.lists(st.integers(0, len(ALL_EVENTS) - 1), max_size=10),
+    cuts=st.lists(st.integers(1, 8), min_size=1, max_size=10),
+)
+async def test_any_order_with_duplicates_projects_like_in_order_delivery(db, order, duplicates, cuts):
+    expected = await _project(db, [ALL_EVENTS])
+    shuffled = [ALL_EVENTS[i] for i in order] + [ALL_EVENTS[i] for i in duplicates]
+    batches, i = [], 0
+    for size in itertools.cycle(cuts):
+        if i >= len(shuffled):
+            break
+        batches.append(shuffled[i : i + size])
+        i += size
+    assert await _project(db, batches) == expected

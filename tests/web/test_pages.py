@@ -1,0 +1,84 @@
+"""The three pages an administrator opens, over real Postgres and NATS."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.sync_worker import db as worker_db
+from services.sync_worker.jobs.sync_open_orders import SourceOrder
+from services.sync_worker.sources.sample import generate_orders
+from tests.factories import T0, run_events
+
+
+async def test_root_is_the_job_log_index_newest_first_with_links_on_top(client, project):
+    await project(run_events(name="20261129083000", start=T0))
+    await project(run_events(name="20261129093000", start=T0 + timedelta(hours=1), fail=True))
+
+    response = await client.get("/")
+    html = await response.text()
+
+    assert response.status == 200
+    assert html.index("20261129093000") < html.index("20261129083000")
+    assert 'href="/open_orders"' in html and "View Open Orders" in html
+    assert html.index("View Open Orders") < html.index("<table")
+    assert 'class="button button-primary" href="/monitor">Jobs Monitor</a>' in html
+    assert "badge-error" in html and "badge-success" in html
+    assert "ERP unreachable" in html  # the failed run's one-line summary
+
+
+async def test_a_run_page_shows_its_messages_in_order_with_timestamps(client, project):
+    events = run_events(name="20261129083000", steps=3, fail=True)
+    await project(list(reversed(events)))
+
+    response = await client.get("/runs/20261129083000")
+    html = await response.text()
+
+    assert response.status == 200
+    positions = [html.index(f"Step {i} done") for i in range(3)]
+    assert positions == sorted(positions)
+    assert html.index("Step 2 done") < html.index("Imported 200 orders") < html.index("Failed: SourceError")
+    assert "Imported 100 orders" not in html  # updated in place: only the latest text
+    assert "2026-11-29 08:30:00.300" in html  # millisecond timestamps
+    assert "SourceError" in html and 'class="detail level-error' in html
+    assert "<details><summary>Traceback</summary>" in html
+
+
+async def test_an_unknown_run_is_a_helpful_404(client):
+    for path in ("/runs/20991231235959", "/runs/not-a-run"):
+        response = await client.get(path)
+        assert response.status == 404
+        assert "Back to job logs" in await response.text()
+
+
+async def test_open_orders_lists_open_orders_and_links_back(client, db):
+    records = [SourceOrder.model_validate(row).record() for row in generate_orders(60)]
+    await worker_db.prepare_staging(db)
+    async with db.transaction():
+        await worker_db.upsert_orders(db, records, run_id=__import__("uuid").uuid4(), now=T0)
+
+    response = await client.get("/open_orders")
+    html = await response.text()
+
+    assert response.status == 200
+    assert "60 open orders" in html
+    assert 'href="/"' in html and "Back to job logs" in html
+    assert html.count("<tr>") == 51  # header + 50 per page
+    searched = await (await client.get("/open_orders", params={"q": "SO-100007"})).text()
+    assert "SO-100007" in searched and "SO-100008" not in searched
+
+
+async def test_bad_parameters_get_a_4xx_not_a_500(client):
+    for path, params in [
+        ("/", {"status": "exploded"}),
+        ("/", {"before": "%%%garbage"}),
+        ("/", {"q": "x" * 500}),
+        ("/open_orders", {"page": "-1"}),
+        ("/open_orders", {"sort": "drop table"}),
+    ]:
+        response = await client.get(path, params=params)
+        assert 400 <= response.status < 500, (path, params, response.status)
+
+
+async def test_health_endpoints(client):
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and (await ready.json()) == {"status": "ready", "postgres": True, "nats": True}
