@@ -104,6 +104,21 @@ def parse_event(payload: bytes | str) -> RunEvent:
     return EventAdapter.validate_json(payload)
 
 
+class RunsDeleted(_Frozen):
+    """An administrator deleted runs (the spec's manual retention): by name, or all created before a time.
+
+    It travels on the run stream, so a rebuild from the stream does not bring deleted runs back.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["runs.deleted"] = "runs.deleted"
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    names: list[str] = Field(default_factory=list, max_length=10_000, description="Runs deleted by name.")
+    created_before: AwareDatetime | None = Field(default=None, description="Every run created before this time.")
+    requested_by: str | None = Field(default=None, max_length=200)
+
+
 class JobDescription(_Frozen):
     """A job a worker can run, as the Jobs Monitor shows it."""
 

@@ -1,6 +1,7 @@
 """Subject names and stream definitions: hierarchical, so wildcards select what a consumer needs.
 
     {prefix}.run.{job}.{name}.{kind}     run events; kind is created|started|step|succeeded|failed
+    {prefix}.retention.deleted           runs deleted by an administrator (on the run stream)
     {prefix}.worker.{worker_id}.heartbeat
     {prefix}.cmd.trigger.{job}           commands to the workers (a work-queue stream)
 """
@@ -25,6 +26,10 @@ class Subjects:
     @property
     def runs(self) -> str:
         return f"{self.prefix}.run.>"
+
+    @property
+    def retention(self) -> str:
+        return f"{self.prefix}.retention.deleted"
 
     @property
     def heartbeats(self) -> str:
@@ -57,7 +62,7 @@ class Subjects:
         return [
             StreamConfig(
                 name=self.stream,
-                subjects=[self.runs],
+                subjects=[self.runs, self.retention],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
