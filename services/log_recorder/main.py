@@ -12,38 +12,86 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from services.contracts import parse_event
+from services.contracts import RunsDeleted, parse_event
 from services.contracts.subjects import close_nats, ensure_streams
 from services.log_recorder import db
 from services.log_recorder.errors import DeadLetter
 from services.log_recorder.projection import Batch
 from services.log_recorder.settings import RecorderSettings
+from services.log_recorder.watchdog import Watchdog
 
 log = structlog.get_logger("joblog.recorder")
 
 # Errors after which the same batch is tried again (the database is away), never dead-lettered.
 TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
              asyncpg.CannotConnectNowError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
-             asyncpg.AdminShutdownError)
+             asyncpg.AdminShutdownError, asyncpg.InvalidCachedStatementError)
 
 
-def classify(message: Msg, max_bytes: int) -> Any:
+def classify(message: Msg, max_bytes: int, retention_subject: str) -> Any:
     """The event in a message, or raise DeadLetter saying why it can never be applied."""
     if len(message.data) > max_bytes:
         raise DeadLetter(f"too large: {len(message.data)} bytes (limit {max_bytes})")
     try:
-        event = parse_event(message.data)
+        if message.subject == retention_subject:
+            return RunsDeleted.model_validate_json(message.data)
+        return parse_event(message.data)
     except ValidationError as error:
-        first = error.errors()[0]
+        errors = error.errors()
+        # A newer producer is the likeliest cause of many errors at once: name that first.
+        first = next((e for e in errors if e["loc"] and e["loc"][-1] == "schema_version"), errors[0])
         where = ".".join(str(p) for p in first["loc"]) or "message"
         kind = "not valid JSON" if first["type"] == "json_invalid" else "breaks the contract"
         if first["loc"] and first["loc"][-1] == "schema_version":
             kind = "unknown schema version"
         raise DeadLetter(f"{kind}: {where}: {first['msg']}") from None
-    return event
+
+
+def consumer_config(settings: RecorderSettings, **overrides: Any) -> ConsumerConfig:
+    """The shared durable consumer: run events and retention events, acked one by one."""
+    subjects = settings.subjects
+    fields: dict[str, Any] = dict(
+        name=settings.recorder_consumer, durable_name=settings.recorder_consumer,
+        filter_subjects=[subjects.runs, subjects.retention],
+        ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30, max_ack_pending=50_000, max_deliver=-1,
+    )
+    return ConsumerConfig(**{**fields, **overrides})
+
+
+async def ensure_consumer(js: Any, settings: RecorderSettings) -> None:
+    """Create the durable consumer, or bring an older one (filtered on run events only) up to date.
+
+    Where the server refuses the update, the consumer is recreated: from its ack floor when the
+    stream has no retention event (nothing it skipped matters), else from the start (idempotent).
+    """
+    stream, name = settings.stream, settings.recorder_consumer
+    wanted = sorted([settings.subjects.runs, settings.subjects.retention])
+    try:
+        info = await js.consumer_info(stream, name)
+    except nats.js.errors.NotFoundError:
+        info = None
+    if info is not None and sorted(info.config.filter_subjects or [info.config.filter_subject or ""]) == wanted:
+        return
+    try:
+        await js.add_consumer(stream, consumer_config(settings))
+        return
+    except nats.js.errors.BadRequestError as error:
+        if info is None:
+            raise
+        log.warning("cannot update the recorder's consumer in place; recreating it", error=str(error))
+    start = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.get_last_msg(stream, settings.subjects.retention)
+        start = 1
+    await js.delete_consumer(stream, name)
+    await js.add_consumer(
+        stream, consumer_config(settings, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    )
 
 
 class Recorder:
@@ -58,14 +106,8 @@ class Recorder:
         self.dead_lettered = 0
 
     async def subscribe(self) -> Any:
-        subjects = self.settings.subjects
-        return await self.js.pull_subscribe(
-            subjects.runs, durable=self.settings.recorder_consumer, stream=subjects.stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30, max_ack_pending=50_000, max_deliver=-1,
-            ),
-        )
+        await ensure_consumer(self.js, self.settings)
+        return await self.js.pull_subscribe_bind(self.settings.recorder_consumer, stream=self.settings.stream)
 
     async def consume(self, stopping: asyncio.Event) -> None:
         sub = await self.subscribe()
@@ -82,17 +124,7 @@ class Recorder:
 
     async def apply(self, messages: list[Msg], stopping: asyncio.Event) -> None:
         """Apply one batch, retrying while Postgres is away; ack only after commit."""
-        batch = Batch()
-        letters: list[tuple[str, bytes, str, int | None]] = []
-        last_seq = 0
-        for message in messages:
-            seq = _stream_seq(message)
-            last_seq = max(last_seq, seq or 0)
-            try:
-                batch.add(classify(message, self.settings.max_event_bytes))
-            except DeadLetter as reason:
-                log.warning("dead-lettered a message", subject=message.subject, stream_seq=seq, reason=str(reason))
-                letters.append((message.subject, bytes(message.data), str(reason), seq))
+        batch, letters, last_seq = reduce(messages, self.settings)
         backoff = 0.2
         while True:
             try:
@@ -117,6 +149,23 @@ class Recorder:
             await message.ack()
         self.applied += batch.events
         self.dead_lettered += len(letters)
+
+
+def reduce(messages: list[Msg], settings: RecorderSettings) -> tuple[Batch, list[tuple[str, bytes, str, int | None]], int]:
+    """A batch of messages as one reduced Batch, its dead letters, and its highest stream sequence."""
+    batch = Batch()
+    letters: list[tuple[str, bytes, str, int | None]] = []
+    last_seq = 0
+    retention = settings.subjects.retention
+    for message in messages:
+        seq = _stream_seq(message)
+        last_seq = max(last_seq, seq or 0)
+        try:
+            batch.add(classify(message, settings.max_event_bytes, retention), seq)
+        except DeadLetter as reason:
+            log.warning("dead-lettered a message", subject=message.subject, stream_seq=seq, reason=str(reason))
+            letters.append((message.subject, bytes(message.data), str(reason), seq))
+    return batch, letters, last_seq
 
 
 def _stream_seq(message: Msg) -> int | None:
@@ -146,8 +195,14 @@ async def run(settings: RecorderSettings, ready: asyncio.Event | None = None, st
         stack.push_async_callback(close_nats, nc)
         recorder = Recorder(settings, pool, nc)
         await ensure_streams(recorder.js, settings.subjects, settings.stream_replicas)
+        watchdog = Watchdog(settings, pool, recorder.js)
+        watching = asyncio.create_task(watchdog.run(stopping), name="watchdog")
         log.info("recorder ready", consumer=settings.recorder_consumer, stream=settings.stream)
         if ready:
             ready.set()
-        await recorder.consume(stopping)
+        try:
+            await recorder.consume(stopping)
+        finally:
+            stopping.set()
+            await watching
     log.info("recorder stopped")

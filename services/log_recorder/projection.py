@@ -3,7 +3,8 @@
 Rules (the same whatever order or how often events arrive):
 - any event creates the run's row; created_at is the earliest event, updated_at the latest;
 - status only moves forward: new -> processing -> success | error; the first terminal event wins;
-- a detail shows the text of the highest seq seen for its key; it is ordered by its lowest seq.
+- a detail shows the text of the highest seq seen for its key; it is ordered by its lowest seq;
+- a deleted run stays deleted: deletions are applied before the batch's run events (see db.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.contracts import RunCreated, RunEvent, RunFailed, RunStarted, RunSucceeded, StepLogged
+from services.contracts import RunCreated, RunEvent, RunFailed, RunsDeleted, RunStarted, RunSucceeded, StepLogged
 
 STATUS_OF = {"run.created": "new", "run.started": "processing", "run.step": "new", "run.succeeded": "success", "run.failed": "error"}
 RANK = {"new": 0, "processing": 1, "success": 2, "error": 2}
@@ -99,13 +100,17 @@ class Batch:
 
     runs: dict[uuid.UUID, RunRow] = field(default_factory=dict)
     details: dict[tuple[uuid.UUID, str], DetailRow] = field(default_factory=dict)
+    deletions: list[tuple[RunsDeleted, int | None]] = field(default_factory=list)
     last_event_at: datetime | None = None
     events: int = 0
 
-    def add(self, event: RunEvent) -> None:
+    def add(self, event: RunEvent | RunsDeleted, stream_seq: int | None = None) -> None:
         self.events += 1
         if self.last_event_at is None or event.occurred_at > self.last_event_at:
             self.last_event_at = event.occurred_at
+        if isinstance(event, RunsDeleted):
+            self.deletions.append((event, stream_seq))
+            return
         run = self.runs.get(event.run_id)
         if run is None:
             run = self.runs[event.run_id] = RunRow(
