@@ -157,17 +157,18 @@ class EmbeddedPostgres:
     def start(self) -> "EmbeddedPostgres":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
+        postgres, initdb = self._bin("postgres"), self._bin("initdb")  # first import, quietly
         run_as = self._run_as()
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.data_dir), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
+                [initdb, "-D", str(self.data_dir), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
                  "--no-instructions"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", **run_as,  # type: ignore[arg-type]
             )
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [self._bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1",
+                [postgres, "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1",
                  "-k", "", "-c", "fsync=off" if os.environ.get("JOBLOG_PG_FSYNC_OFF") else "fsync=on",
                  "-c", "max_connections=200"],
                 stdout=out, stderr=out, cwd="/", **run_as, **child_process_options(),  # type: ignore[arg-type]
