@@ -77,7 +77,7 @@ def describe_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "?"
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {str(value)[:80]!r})"
+    shown = "" if value is None or isinstance(value, dict) else f" (got {str(value)[:80]!r})"
     return f"invalid setting {ENV_PREFIX}{field.upper()}: {first['msg']}{shown}"
 
 

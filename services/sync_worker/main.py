@@ -24,6 +24,7 @@ from services.sync_worker.errors import UnknownJob
 from services.sync_worker.jobs import RunContext, registry
 from services.sync_worker.jobs.api import JobSpec, create_run, execute_run
 from services.sync_worker.outbox import Relay
+from services.sync_worker.schedules import parse_schedule, run_schedule
 from services.sync_worker.settings import WorkerSettings
 
 log = structlog.get_logger("joblog.worker")
@@ -56,23 +57,34 @@ class Worker:
         self.running: dict[str, RunContext] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.started_at = utcnow()
+        # A worker takes a trigger only when it has room; the rest wait in the queue for others.
+        self.capacity = asyncio.Semaphore(settings.worker_max_runs)
+
+    def limit(self, spec: JobSpec) -> int:
+        """The job's max concurrent runs across all workers (JOBLOG_JOB_CONCURRENCY overrides)."""
+        return self.settings.job_concurrency.get(spec.name, spec.max_concurrency)
 
     async def trigger(self, job: str, trigger: TriggerKind = "manual", requested_by: str | None = None) -> RunContext:
         """Create a run of job now and start it in the background; returns its context."""
+        ctx, _ = await self._launch(job, trigger, requested_by)
+        return ctx
+
+    async def _launch(self, job: str, trigger: TriggerKind, requested_by: str | None) -> tuple[RunContext, asyncio.Task[Any]]:
         spec = registry.get(job)
         ctx = await create_run(spec, self.settings, self.pool, trigger=trigger, requested_by=requested_by, on_flush=self.relay.wake)
         task = asyncio.create_task(self._run(spec, ctx), name=f"run-{ctx.name}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return ctx
+        return ctx, task
 
     async def _run(self, spec: JobSpec, ctx: RunContext) -> None:
         self.running[str(ctx.run_id)] = ctx
         try:
             async with self.pool.acquire() as lock_conn:
-                slot = await _take_job_slot(lock_conn, spec)
+                limit = self.limit(spec)
+                slot = await _take_job_slot(lock_conn, spec, limit)
                 if slot is None:
-                    await _skip(spec, ctx)
+                    await _skip(spec, ctx, limit)
                     return
                 try:
                     await execute_run(spec, ctx)
@@ -93,28 +105,48 @@ class Worker:
             subjects.triggers, durable=TRIGGER_CONSUMER, stream=subjects.command_stream,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=5),
         )
-        while not stopping.is_set():
+        while await self._room_for_a_run(stopping):
+            started = False
             try:
                 messages = await sub.fetch(1, timeout=1)
+                for message in messages:
+                    started = await self._handle_trigger(message)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
+                pass
             except Exception as error:
                 log.warning("fetching triggers failed", error=repr(error))
                 await asyncio.sleep(1)
-                continue
-            for message in messages:
-                await self._handle_trigger(message)
+            finally:
+                if not started:
+                    self.capacity.release()
 
-    async def _handle_trigger(self, message: Any) -> None:
+    async def _room_for_a_run(self, stopping: asyncio.Event) -> bool:
+        """Wait until this worker may start one more run; False once it is stopping."""
+        while not stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.capacity.acquire(), 1.0)
+                if stopping.is_set():
+                    self.capacity.release()
+                    return False
+                return True
+        return False
+
+    async def _handle_trigger(self, message: Any) -> bool:
+        """Start the run a trigger asks for; True if a run now holds one unit of capacity."""
         try:
             command = TriggerRequested.model_validate_json(message.data)
-            ctx = await self.trigger(command.job, command.trigger, command.requested_by)
+            ctx, task = await self._launch(command.job, command.trigger, command.requested_by)
         except (ValidationError, UnknownJob) as error:
             log.warning("ignoring bad trigger", subject=message.subject, error=str(error).splitlines()[0])
             await message.term()
-            return
+            return False
+        task.add_done_callback(lambda _: self.capacity.release())
         log.info("trigger accepted", job=command.job, run=ctx.name, command_id=command.command_id)
-        await message.ack()
+        try:
+            await message.ack()
+        except Exception as error:  # the run is started; a redelivery would be a second run, logged as such
+            log.warning("could not acknowledge a trigger", run=ctx.name, error=repr(error))
+        return True
 
     async def heartbeat(self, stopping: asyncio.Event) -> None:
         """Tell the recorder and the monitor that this worker is alive, and what it runs."""
@@ -123,7 +155,7 @@ class Worker:
             beat = WorkerHeartbeat(
                 worker_id=self.settings.worker_id, host=socket.gethostname(), pid=os.getpid(),
                 started_at=self.started_at, running=[ctx.run_id for ctx in self.running.values()],
-                jobs=registry.describe(),
+                jobs=registry.describe(self.settings.schedules, self.settings.job_concurrency),
             )
             with contextlib.suppress(Exception):
                 await self.js.publish(subject, beat.model_dump_json().encode(), timeout=2)
@@ -141,25 +173,25 @@ class Worker:
                 await asyncio.wait(pending)
 
 
-async def _take_job_slot(conn: asyncpg.Connection, spec: JobSpec) -> int | None:
-    """One of the job's max_concurrency slots, held by this connection; None if all are taken."""
-    for slot in range(1, spec.max_concurrency + 1):
+async def _take_job_slot(conn: asyncpg.Connection, spec: JobSpec, limit: int) -> int | None:
+    """One of the job's limit slots, held by this connection; None if all are taken."""
+    for slot in range(1, limit + 1):
         if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1), $2)", f"{JOB_LOCK_NAMESPACE}.{spec.name}", slot):
             return slot
     return None
 
 
-async def _skip(spec: JobSpec, ctx: RunContext) -> None:
+async def _skip(spec: JobSpec, ctx: RunContext, limit: int) -> None:
     """A trigger while the job is at its concurrency limit: logged as a run, not dropped."""
 
     async def skipped(run: RunContext) -> dict[str, Any]:
         await run.log(
-            f"Skipped: {spec.title} is already running (at most {spec.max_concurrency} at a time)",
+            f"Skipped: {spec.title} is already running (at most {limit} at a time)",
             key="skipped", level="warning",
         )
         return {"skipped": True}
 
-    await execute_run(JobSpec(spec.name, spec.title, skipped, spec.max_concurrency), ctx)
+    await execute_run(JobSpec(spec.name, spec.title, skipped, limit), ctx)
 
 
 async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stopping: asyncio.Event | None = None) -> None:
@@ -170,7 +202,9 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stopping.set)
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(asyncpg.create_pool(settings.database_url, min_size=1, max_size=10))
+        # Per run: a connection holding its job slot, one for its work, one for its log.
+        pool_size = 3 * settings.worker_max_runs + 3
+        pool = await stack.enter_async_context(asyncpg.create_pool(settings.database_url, min_size=1, max_size=pool_size))
         nc = await connect_nats(settings, f"joblog-worker-{settings.worker_id}")
         stack.push_async_callback(close_nats, nc)
         worker = Worker(settings, pool, nc)
@@ -178,10 +212,18 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         relay_stop = asyncio.Event()
         relay = asyncio.create_task(worker.relay.run(relay_stop), name="outbox-relay")
         beats = asyncio.create_task(worker.heartbeat(stopping), name="heartbeat")
-        log.info("worker ready", worker_id=settings.worker_id, jobs=registry.names())
+        schedules = [
+            asyncio.create_task(
+                run_schedule(worker.js, settings.subjects, job, parse_schedule(expression), settings.zone, stopping),
+                name=f"schedule-{job}",
+            )
+            for job, expression in settings.schedules.items()
+        ]
+        log.info("worker ready", worker_id=settings.worker_id, jobs=registry.names(), schedules=settings.schedules)
         if ready:
             ready.set()
         await worker.consume_triggers(stopping)
+        await asyncio.gather(*schedules)
         await worker.finish()
         relay_stop.set()
         worker.relay.wake()

@@ -85,9 +85,14 @@ class JobRegistry:
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._jobs.values())
 
-    def describe(self) -> list[JobDescription]:
+    def describe(self, schedules: dict[str, str] | None = None, concurrency: dict[str, int] | None = None) -> list[JobDescription]:
+        """The jobs as heartbeats announce them, with this worker's schedules and limits."""
+        schedules, concurrency = schedules or {}, concurrency or {}
         return [
-            JobDescription(name=s.name, title=s.title, description=s.description, max_concurrency=s.max_concurrency)
+            JobDescription(
+                name=s.name, title=s.title, description=s.description, schedule=schedules.get(s.name),
+                max_concurrency=concurrency.get(s.name, s.max_concurrency),
+            )
             for s in sorted(self._jobs.values(), key=lambda s: s.name)
         ]
 
@@ -219,7 +224,10 @@ async def execute_run(spec: JobSpec, ctx: RunContext) -> bool:
         duration_ms = int((time.monotonic() - started) * 1000)
         message = str(error) or repr(error)
         if isinstance(error, asyncio.CancelledError):
-            message = "the worker stopped before the run finished"
+            message = (
+                f"the worker was shut down and the run did not finish within the "
+                f"{ctx.settings.shutdown_grace:g} s shutdown grace (JOBLOG_SHUTDOWN_GRACE)"
+            )
         where = f" during step '{ctx.current_step}'" if ctx.current_step else ""
         ctx.emit(
             StepLogged(

@@ -61,10 +61,17 @@ def explain(error: ValidationError) -> str:
 async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
     """Upsert every valid source order, close the ones that left the source, report the counts."""
     began = time.monotonic()
-    source = open_source(ctx.settings)
+
+    async def retrying(notice: str) -> None:
+        await ctx.log(notice, key="source-retry", level="warning")
+
+    source = open_source(ctx.settings, on_retry=retrying)
     stats = {"fetched": 0, "created": 0, "updated": 0, "unchanged": 0, "closed": 0, "invalid": 0}
+    # Order numbers seen this run: duplicates in the source are invalid. The one structure
+    # that grows with the source (about 100 bytes per order), unlike the orders themselves.
     seen: set[str] = set()
     warnings = 0
+    last_progress = float("-inf")
 
     await ctx.log(f"Connecting to {source.description}", key="connect", source=source.description)
     async with source.connect() as batches:
@@ -92,11 +99,15 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
                         counts = await db.upsert_orders(conn, records, ctx.run_id, utcnow())
                         for name, value in counts.items():
                             stats[name] += value
-                    await ctx.log(
-                        f"Fetched {stats['fetched']:,} orders", key="fetched", fetched=stats["fetched"], conn=conn
-                    )
-                    await ctx.log(_progress(stats), key="import", conn=conn, **stats)
+                    # Progress is one detail updated in place, at most every sync_progress_interval.
+                    if time.monotonic() - last_progress >= ctx.settings.sync_progress_interval:
+                        last_progress = time.monotonic()
+                        await ctx.log(
+                            f"Fetched {stats['fetched']:,} orders so far", key="fetched", fetched=stats["fetched"], conn=conn
+                        )
+                        await ctx.log(_progress(stats), key="import", conn=conn, **stats)
             async with conn.transaction():
+                await ctx.log(f"Fetched {stats['fetched']:,} orders", key="fetched", fetched=stats["fetched"])
                 stats["closed"] = await db.close_missing_orders(conn, ctx.run_id, utcnow())
                 await ctx.log(
                     f"Closed {stats['closed']:,} orders no longer open in the source",

@@ -1,0 +1,105 @@
+"""Scheduled triggers: per-job cron expressions or fixed intervals, from JOBLOG_SCHEDULES.
+
+Every worker runs the same schedules. Each one publishes a TriggerRequested per slot with
+command_id ``schedule:<job>:<slot>``; JetStream's duplicate window (120 s) drops the copies
+from the other workers, so N workers make exactly one run per slot. That holds as long as
+the workers' clocks agree to well within the window (NTP) and a copy is published within
+it: a slot is published at its time, never caught up later.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import structlog
+from croniter import croniter
+
+from services.contracts import TriggerRequested
+from services.contracts.events import utcnow
+from services.contracts.subjects import DUPLICATE_WINDOW_SECONDS, Subjects, publish_trigger
+
+log = structlog.get_logger("joblog.worker.schedule")
+
+INTERVAL = re.compile(r"^every\s+(\d+)\s*(s|m|h|d)$", re.IGNORECASE)
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# A copy published later than this after its slot could land outside the duplicate window.
+PUBLISH_DEADLINE = DUPLICATE_WINDOW_SECONDS / 2
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron expression (in the configured time zone) or an interval aligned to the epoch."""
+
+    expression: str
+    interval: timedelta | None = None
+
+    def next_after(self, moment: datetime, zone: ZoneInfo) -> datetime:
+        """The first slot strictly after moment, in UTC; the same on every worker."""
+        if self.interval is not None:
+            step = self.interval.total_seconds()
+            elapsed = (moment - EPOCH).total_seconds()
+            return EPOCH + timedelta(seconds=(elapsed // step + 1) * step)
+        return croniter(self.expression, moment.astimezone(zone)).get_next(datetime).astimezone(timezone.utc)
+
+
+def parse_schedule(expression: str) -> Schedule:
+    """'every 10m', '*/15 * * * *', '@daily' (cron may have a sixth, seconds field); raises ValueError."""
+    text = expression.strip()
+    match = INTERVAL.match(text)
+    if match:
+        seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()]
+        if seconds < 1:
+            raise ValueError(f"interval must be at least 1 s, got {expression!r}")
+        return Schedule(text, timedelta(seconds=seconds))
+    if not croniter.is_valid(text):
+        raise ValueError(f"not a cron expression or 'every <n><s|m|h|d>': {expression!r}")
+    return Schedule(text)
+
+
+def slot_command(job: str, slot: datetime) -> TriggerRequested:
+    """The trigger for one slot: every worker builds the same command_id for it."""
+    iso = slot.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return TriggerRequested(
+        command_id=f"schedule:{job}:{iso}", job=job, trigger="schedule", requested_by=f"schedule {iso}",
+    )
+
+
+async def run_schedule(
+    js, subjects: Subjects, job: str, schedule: Schedule, zone: ZoneInfo, stopping: asyncio.Event  # type: ignore[no-untyped-def]
+) -> None:
+    """Publish one trigger per slot of schedule until stopping is set."""
+    last = utcnow()
+    while not stopping.is_set():
+        slot = schedule.next_after(last, zone)
+        # Short waits, re-reading the clock: robust to a suspended machine or a clock step.
+        while not stopping.is_set() and (remaining := (slot - utcnow()).total_seconds()) > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), min(remaining, 30.0))
+        if stopping.is_set():
+            return
+        last = slot
+        if (utcnow() - slot).total_seconds() > PUBLISH_DEADLINE:
+            log.warning("missed a schedule slot (the worker was busy or asleep)", job=job, slot=slot.isoformat())
+            continue
+        await _publish_slot(js, subjects, job, slot, stopping)
+
+
+async def _publish_slot(js, subjects: Subjects, job: str, slot: datetime, stopping: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    command = slot_command(job, slot)
+    backoff = 0.2
+    while not stopping.is_set():
+        try:
+            await publish_trigger(js, subjects, command)
+            log.debug("schedule slot published", job=job, slot=slot.isoformat())
+            return
+        except Exception as error:  # NATS away: retry, but only while a copy is still de-duplicated
+            if (utcnow() - slot).total_seconds() + backoff > PUBLISH_DEADLINE:
+                log.warning("could not publish a schedule slot; skipped", job=job, slot=slot.isoformat(), error=repr(error))
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,64 @@
+"""The generic job API: any registered job gets a complete run log, failures included."""
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from services.contracts import parse_event
+from services.sync_worker.jobs import RunContext, registry
+from services.sync_worker.jobs.api import JobRegistry, create_run, execute_run
+
+
+async def outbox_events(db: asyncpg.Connection) -> list[Any]:
+    """The events the runs committed, in the order the relay would publish them."""
+    return [parse_event(bytes(r["payload"])) for r in await db.fetch("SELECT payload FROM outbox ORDER BY id")]
+
+
+async def test_an_uncaught_exception_fails_the_run_with_class_message_traceback_and_step(make_worker_settings, database_url, db):
+    jobs = JobRegistry()
+
+    @jobs.job("reindex_orders", title="ReindexOrdersJob")
+    async def reindex(ctx: RunContext) -> dict[str, Any]:
+        await ctx.log("Reading the index", key="read")
+        await ctx.log("Rebuilding", key="rebuild")
+        raise LookupError("index open_orders_open is missing")
+
+    settings = make_worker_settings()
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=3) as pool:
+        ctx = await create_run(jobs.get("reindex_orders"), settings, pool, trigger="manual", requested_by="ops")
+        assert await execute_run(jobs.get("reindex_orders"), ctx) is False
+
+    events = await outbox_events(db)
+    assert [e.type for e in events] == ["run.created", "run.started", "run.step", "run.step", "run.step", "run.failed"]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
+    failed = events[-1]
+    assert failed.error_class == "LookupError"
+    assert failed.error_message == "index open_orders_open is missing"
+    assert failed.step == "rebuild"
+    assert "Traceback" in failed.traceback and "in reindex" in failed.traceback
+    error_detail = events[-2]
+    assert error_detail.level == "error" and error_detail.key == "error"
+    assert error_detail.message == "Failed during step 'rebuild': LookupError: index open_orders_open is missing"
+
+
+async def test_a_job_returns_its_final_statistics(make_worker_settings, database_url, db):
+    settings = make_worker_settings()
+    spec = registry.get("purge_closed_orders")
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=3) as pool:
+        ctx = await create_run(spec, settings, pool, trigger="cli")
+        assert await execute_run(spec, ctx) is True
+
+    events = await outbox_events(db)
+    assert events[0].type == "run.created" and events[0].trigger == "cli"
+    assert events[-1].type == "run.succeeded" and events[-1].stats == {"deleted": 0}
+    assert {e.name for e in events} == {ctx.name} and len({e.run_id for e in events}) == 1
+
+
+def test_every_registered_job_is_described_for_the_monitor():
+    described = {j.name: j for j in registry.describe({"purge_closed_orders": "@daily"}, {"sync_open_orders": 2})}
+
+    assert set(described) >= {"sync_open_orders", "purge_closed_orders"}
+    assert described["purge_closed_orders"].schedule == "@daily"
+    assert described["sync_open_orders"].schedule is None
+    assert described["sync_open_orders"].max_concurrency == 2
