@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import hmac
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -16,8 +17,11 @@ from aiohttp import web
 from services.contracts.subjects import close_nats
 from services.web import views
 from services.web.directory import WorkerDirectory
-from services.web.keys import DIRECTORY, NATS_CONNECTION, POOL, SETTINGS
+from services.web.keys import DIRECTORY, FEED, METRICS, NATS_CONNECTION, POOL, SETTINGS
+from services.web.live import RunFeed
+from services.web.metrics import Metrics
 from services.web.middleware import basic_auth, error_pages, same_origin_posts, security_headers
+from services.web.passwords import verify_password
 from services.web.routes import setup_routes
 from services.web.settings import WebSettings
 
@@ -45,6 +49,7 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
         reconnect_time_wait=0.5, error_cb=on_error,
     )
     app[NATS_CONNECTION] = nc
+    await app[FEED].subscribe(nc, settings.subjects)
     stopping = asyncio.Event()
     follower = asyncio.create_task(app[DIRECTORY].follow(nc.jetstream(), settings.subjects, stopping))
     yield
@@ -55,15 +60,35 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
     await close_nats(nc)
 
 
+def password_check(settings: WebSettings) -> Callable[[str], bool] | None:
+    """How a sign-in password is checked, or None when the web runs open."""
+    if settings.admin_password_hash is not None:
+        stored = settings.admin_password_hash.get_secret_value()
+        return lambda password: verify_password(password, stored)
+    if settings.admin_password is not None:
+        expected = settings.admin_password.get_secret_value().encode()
+        return lambda password: hmac.compare_digest(password.encode(), expected)
+    return None
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[FEED].close_all()
+
+
 def create_app(settings: WebSettings) -> web.Application:
     """The web app for these settings; Postgres and NATS are opened on startup."""
-    middlewares = [security_headers, error_pages]
-    if settings.admin_password is not None:
-        middlewares.append(basic_auth(settings.admin_password.get_secret_value()))
+    metrics = Metrics()
+    middlewares = [metrics.middleware(), security_headers, error_pages]
+    check = password_check(settings)
+    if check is not None:
+        middlewares.append(basic_auth(check))
     middlewares.append(same_origin_posts)
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[FEED] = RunFeed()
     app[DIRECTORY] = WorkerDirectory(settings.worker_timeout)
+    app.on_shutdown.append(_close_streams)
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),

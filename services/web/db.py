@@ -139,3 +139,18 @@ async def recorder_health(conn: asyncpg.Connection) -> dict[str, Any]:
     )
     dead_total = await conn.fetchval("SELECT count(*) FROM dead_letters")
     return {"state": state, "dead_letters": dead, "dead_total": dead_total}
+
+
+async def run_names(conn: asyncpg.Connection, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Names of the given runs (what the workers' heartbeats say they are running)."""
+    if not run_ids:
+        return {}
+    rows = await conn.fetch("SELECT id, name FROM job_logs WHERE id = ANY($1::uuid[])", run_ids)
+    return {row["id"]: row["name"] for row in rows}
+
+
+RUNS_BY_STATUS = "SELECT status, count(*) AS runs FROM job_logs GROUP BY status"
+
+
+async def runs_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    return {row["status"]: row["runs"] for row in await conn.fetch(RUNS_BY_STATUS)}

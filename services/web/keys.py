@@ -6,9 +6,13 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from services.web.directory import WorkerDirectory
+from services.web.live import RunFeed
+from services.web.metrics import Metrics
 from services.web.settings import WebSettings
 
 SETTINGS = web.AppKey("settings", WebSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 NATS_CONNECTION = web.AppKey("nats", NATS)
 DIRECTORY = web.AppKey("directory", WorkerDirectory)
+FEED = web.AppKey("feed", RunFeed)
+METRICS = web.AppKey("metrics", Metrics)

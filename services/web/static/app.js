@@ -1,8 +1,203 @@
-// Small progressive enhancements; every page works without this file.
+// Small progressive enhancements; every page works without this file (live updates aside).
 "use strict";
 
-// Actions are POSTs confirmed in the UI.
+const RANK = { new: 0, processing: 1, success: 2, error: 2 };
+
+// Actions are POSTs confirmed in the UI. Without JS the server asks on a confirmation page.
 document.addEventListener("submit", (event) => {
   const form = event.target.closest("form[data-confirm]");
-  if (form && !window.confirm(form.dataset.confirm)) event.preventDefault();
+  if (!form) return;
+  if (!window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+    return;
+  }
+  let field = form.querySelector("input[name=confirm]");
+  if (!field) {
+    field = document.createElement("input");
+    field.type = "hidden";
+    field.name = "confirm";
+    form.appendChild(field);
+  }
+  field.value = "yes";
 });
+
+function badge(info) {
+  const outer = document.createElement("span");
+  outer.className = "badge badge-" + info.css;
+  outer.title = "Status: " + info.label;
+  const icon = document.createElement("span");
+  icon.className = "badge-icon";
+  icon.setAttribute("aria-hidden", "true");
+  icon.textContent = info.icon;
+  outer.append(icon, info.label);
+  return outer;
+}
+
+function setField(root, name, value) {
+  const cell = root.querySelector('[data-field="' + name + '"]');
+  if (!cell || value === null || value === undefined) return;
+  if (value instanceof Node) cell.replaceChildren(value);
+  else cell.textContent = value;
+}
+
+// A later status never goes back (events may arrive after a newer one was rendered).
+function advances(element, status) {
+  const shown = element.dataset.status;
+  return shown === undefined || RANK[status] >= RANK[shown];
+}
+
+function listen(url, handlers) {
+  if (!window.EventSource) return null;
+  const source = new EventSource(url);
+  for (const [name, handle] of Object.entries(handlers)) {
+    source.addEventListener(name, (message) => handle(JSON.parse(message.data), source));
+  }
+  return source;
+}
+
+// The index: rows of processing runs change in place; new runs appear on top of the first page.
+function liveIndex(table) {
+  const body = table.tBodies[0];
+  const insert = table.dataset.liveInsert === "yes";
+  listen(table.dataset.liveRuns, {
+    run(update) {
+      let row = body.querySelector('tr[data-run="' + CSS.escape(update.name) + '"]');
+      if (!row) {
+        if (!insert) return;
+        row = newRow(update);
+        body.prepend(row);
+      }
+      if (!advances(row, update.status)) return;
+      row.dataset.status = update.status;
+      row.className = "run-row state-" + update.status + " just-updated";
+      setField(row, "badge", badge(update.badge));
+      setField(row, "started", update.started);
+      setField(row, "duration", update.duration);
+      setField(row, "summary", update.summary || (update.status === "processing" ? "Running…" : null));
+    },
+  });
+}
+
+function newRow(update) {
+  const row = document.createElement("tr");
+  row.dataset.run = update.name;
+  const link = document.createElement("a");
+  link.href = update.url;
+  link.textContent = update.name;
+  const cells = [["mono", null, link], ["", null, update.job], ["", "badge", ""], ["nowrap", "started", update.created || ""],
+    ["num nowrap", "duration", "—"], ["summary", "summary", "Waiting to start"]];
+  for (const [css, field, content] of cells) {
+    const cell = document.createElement("td");
+    if (css) cell.className = css;
+    if (field) cell.dataset.field = field;
+    cell.append(content);
+    row.appendChild(cell);
+  }
+  return row;
+}
+
+// A run page: the header follows the status; new and updated messages stream in.
+function liveRun(head) {
+  if (head.dataset.status === "success" || head.dataset.status === "error") return;
+  const list = document.querySelector("ol[data-details]");
+  listen("/runs/" + encodeURIComponent(head.dataset.liveRun) + "/events", {
+    run(update, source) {
+      if (!advances(head, update.status)) return;
+      head.dataset.status = update.status;
+      setField(head, "badge", badge(update.badge));
+      setField(document, "status", update.badge.label);
+      setField(document, "finished", update.finished);
+      setField(document, "duration", update.duration);
+      setField(document, "summary", update.summary);
+      if (update.status === "success" || update.status === "error") {
+        source.close();
+        const note = document.createElement("p");
+        note.className = "notice";
+        note.setAttribute("role", "status");
+        const again = document.createElement("a");
+        again.href = window.location.pathname;
+        again.textContent = "Reload for the final statistics";
+        note.append("This run has finished. ", again, ".");
+        head.after(note);
+      }
+    },
+    step(step) {
+      if (!list) return;
+      let item = list.querySelector('li[data-key="' + CSS.escape(step.key) + '"]');
+      if (!item) {
+        if (list.dataset.complete !== "yes") return; // it belongs after messages not loaded yet
+        item = document.createElement("li");
+        item.dataset.key = step.key;
+        item.dataset.seq = step.seq;
+        const time = document.createElement("time");
+        const level = document.createElement("span");
+        level.className = "level";
+        const text = document.createElement("span");
+        text.className = "message";
+        item.append(time, level, text);
+        list.appendChild(item);
+        const empty = document.querySelector("[data-empty]");
+        if (empty) empty.remove();
+      }
+      item.className = "detail level-" + step.level + " just-updated";
+      const time = item.querySelector("time");
+      time.dateTime = step.iso;
+      time.textContent = step.at;
+      item.querySelector(".level").textContent = step.level;
+      item.querySelector(".message").textContent = step.message;
+    },
+  });
+}
+
+// "Load more": fetch the next page of messages and append it here; automatic when scrolled near.
+async function loadMore(link) {
+  if (link.dataset.loading) return;
+  link.dataset.loading = "yes";
+  link.textContent = "Loading…";
+  const response = await fetch(link.href, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+  if (!response.ok) {
+    window.location.href = link.href;
+    return;
+  }
+  const page = new DOMParser().parseFromString(await response.text(), "text/html");
+  const list = document.querySelector("ol[data-details]");
+  const more = page.querySelector("ol[data-details]");
+  if (list && more) {
+    list.append(...more.children);
+    list.dataset.complete = more.dataset.complete;
+  }
+  const pager = link.closest("nav");
+  const next = page.querySelector("nav.load-more");
+  if (next) {
+    pager.replaceWith(document.importNode(next, true));
+    watchLoadMore();
+  } else {
+    pager.remove();
+  }
+}
+
+function watchLoadMore() {
+  const link = document.querySelector("a[data-load-more]");
+  if (!link) return;
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    loadMore(link);
+  });
+  if ("IntersectionObserver" in window) {
+    const observer = new IntersectionObserver((entries) => {
+      if (entries.some((entry) => entry.isIntersecting)) {
+        observer.disconnect();
+        loadMore(link);
+      }
+    }, { rootMargin: "600px" });
+    observer.observe(link);
+  }
+}
+
+const runsTable = document.querySelector("table[data-live-runs]");
+if (runsTable) liveIndex(runsTable);
+const emptyIndex = document.querySelector("[data-live-empty]");
+if (emptyIndex) listen(emptyIndex.dataset.liveEmpty, { run: () => window.location.reload() });
+const runHead = document.querySelector("[data-live-run]");
+if (runHead) liveRun(runHead);
+watchLoadMore();

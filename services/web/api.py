@@ -1,0 +1,268 @@
+"""The JSON API: the pages' data as pydantic response models, and the OpenAPI document made from them."""
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN
+from services.web import db, views
+from services.web.errors import BadRequest, NotFound
+from services.web.keys import POOL, SETTINGS
+
+RunState = Literal["new", "processing", "success", "error", "stalled"]
+RUNS_MOST = 200
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Run(_Out):
+    """One run as the index shows it."""
+
+    name: str = Field(description="YYYYMMDDhhmmss[-N] in the configured time zone.")
+    job: str
+    status: Literal["new", "processing", "success", "error"]
+    state: RunState = Field(description="The status to show: 'stalled' when a processing run's worker stopped heartbeating.")
+    summary: str = Field(description="One line: what the run did, or why it failed.")
+    trigger: str | None
+    requested_by: str | None
+    worker_id: str | None
+    host: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: int | None
+    stats: dict[str, Any] | None
+    error_class: str | None
+    error_message: str | None
+    failed_step: str | None = Field(description="Key of the step that was running when the run failed.")
+    url: str
+
+
+class RunWithTraceback(Run):
+    error_traceback: str | None
+
+
+class Detail(_Out):
+    """One message of a run; a later step with the same key replaced its text in place."""
+
+    key: str
+    message: str
+    level: Literal["debug", "info", "warning", "error"]
+    data: dict[str, Any] | None
+    seq: int = Field(description="Seq of the first event with this key: the message's place in the run, and the `after` cursor.")
+    updated_seq: int = Field(description="Seq of the event whose text is shown.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunList(_Out):
+    runs: list[Run]
+    next_cursor: str | None = Field(description="Pass as `before` for the next (older) page; null on the last page.")
+
+
+class RunPage(_Out):
+    run: RunWithTraceback
+    details: list[Detail]
+    next_after: int | None = Field(description="Pass as `after` for the next page of details; null on the last page.")
+    total_details: int
+
+
+class Order(_Out):
+    order_number: str
+    customer_code: str
+    customer_name: str
+    status: str
+    order_date: date
+    requested_ship_date: date | None
+    warehouse: str | None
+    currency: str
+    total_amount: Decimal
+    line_count: int
+    synced_at: datetime
+
+
+class LastSync(_Out):
+    name: str
+    finished_at: datetime | None
+
+
+class OrderList(_Out):
+    orders: list[Order]
+    total: int
+    page: int
+    pages: int
+    last_sync: LastSync | None = Field(description="The last successful sync_open_orders run.")
+
+
+class Job(_Out):
+    name: str
+    title: str
+    description: str
+    schedule: str | None = Field(description="Cron expression or 'every <n><s|m|h|d>', as the workers report it.")
+    next_run: datetime | None
+    available: bool = Field(description="A worker online offers this job.")
+    latest: Run | None
+
+
+class JobList(_Out):
+    jobs: list[Job]
+
+
+class TriggerBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    retry_of: str | None = Field(default=None, pattern=RUN_NAME_PATTERN, description="Name of the failed run this retries.")
+
+
+class TriggerAccepted(_Out):
+    command_id: str
+    job: str
+    trigger: Literal["manual", "retry"]
+
+
+class Error(_Out):
+    error: str
+    detail: str
+    status: int
+
+
+def _run(shown: dict[str, Any], model: type[Run] = Run) -> Run:
+    """A run as views.present_run shows it."""
+    fields = {name: shown.get(name) for name in model.model_fields if name != "url"}
+    return model(**fields, url=f"/runs/{shown['name']}")
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(text=model.model_dump_json(), status=status)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """Runs, newest first, with the index's filters and keyset cursor."""
+    query = views.index_query(request)
+    limit = views.limit_param(request, request.app[SETTINGS].page_size, RUNS_MOST)
+    async with request.app[POOL].acquire() as conn:
+        rows = await db.list_runs(conn, limit=limit + 1, **query)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    directory = views._directory(request)
+    return _json(RunList(
+        runs=[_run(views.present_run(r, directory)) for r in rows], next_cursor=views.encode_cursor(rows[-1]) if more and rows else None,
+    ))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    """One run and a page of its details after a seq."""
+    after = views.after_param(request)
+    limit = views.limit_param(request, views.DETAILS_PER_PAGE, 5000)
+    run, details, next_after, total = await views.load_run(request, after, limit)
+    return _json(RunPage(
+        run=_run(views.present_run(run, views._directory(request)), RunWithTraceback),  # type: ignore[arg-type]
+        details=[Detail(**{**dict(d), "data": _as_dict(d["data"]), "seq": d["first_seq"], "updated_seq": d["seq"]}) for d in details],
+        next_after=next_after, total_details=total,
+    ))
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def list_open_orders(request: web.Request) -> web.Response:
+    data = await views.load_open_orders(request)
+    last = data["last_sync"]
+    return _json(OrderList(
+        orders=[Order(**dict(o)) for o in data["orders"]], total=data["total"], page=data["page"], pages=data["pages"],
+        last_sync=LastSync(**dict(last)) if last else None,
+    ))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = await views.load_jobs(request)
+    return _json(JobList(jobs=[Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None}) for job in jobs]))
+
+
+async def trigger(request: web.Request) -> web.Response:
+    """Queue a run of a job (or a retry of a failed run)."""
+    job = request.match_info["job"]
+    known = {j["name"] for j in await views.load_jobs(request)}
+    if job not in known:
+        raise NotFound(f"No job named {job[:64]!r}; GET /api/jobs lists them.")
+    raw = await request.read()
+    try:
+        body = TriggerBody.model_validate_json(raw) if raw.strip() else TriggerBody()
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise BadRequest(f"body: {'.'.join(map(str, first['loc'])) or 'JSON'}: {first['msg']}") from None
+    command_id = await views.trigger_job(request, job, body.retry_of)
+    return _json(TriggerAccepted(command_id=command_id, job=job, trigger="retry" if body.retry_of else "manual"), status=202)
+
+
+# OpenAPI -------------------------------------------------------------------------------------------
+
+MODELS = [RunList, RunPage, OrderList, JobList, TriggerAccepted, Error]
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema, "description": description}
+
+
+def _ok(model: type[BaseModel], code: str = "200", description: str = "OK") -> dict[str, Any]:
+    errors = {
+        str(status): {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for status, text in ((400, "A parameter or body that cannot be understood."), (404, "No such run, job or page."))
+    }
+    return {code: {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}, **errors}
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.1 for /api, with the schemas generated from the response models."""
+    _, definitions = models_json_schema(
+        [(m, "serialization") for m in MODELS] + [(TriggerBody, "validation")], ref_template="#/components/schemas/{model}",
+    )
+    name = _param("name", "path", {"type": "string", "pattern": RUN_NAME_PATTERN}, "The run's name.")
+    job = _param("job", "path", {"type": "string", "pattern": TOKEN_PATTERN}, "A job id such as sync_open_orders.")
+    runs_query = [
+        _param("status", "query", {"type": "string", "enum": list(views.STATUSES)}, "Only runs with this status."),
+        _param("job", "query", {"type": "string", "pattern": TOKEN_PATTERN}, "Only runs of this job."),
+        _param("q", "query", {"type": "string", "maxLength": 100}, "Run names starting with this text."),
+        _param("before", "query", {"type": "string", "maxLength": 200}, "The next_cursor of the previous page."),
+        _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": RUNS_MOST}, "Runs per page (default 50)."),
+    ]
+    details_query = [
+        _param("after", "query", {"type": "integer", "minimum": 0, "maximum": 999_999_999}, "Details after this seq (next_after of the previous page)."),
+        _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 5000}, "Details per page (default 500)."),
+    ]
+    orders_query = [
+        _param("q", "query", {"type": "string", "maxLength": 100}, "Order number, customer name or code contains this."),
+        _param("sort", "query", {"type": "string", "enum": list(db.ORDER_SORTS)}, "Column to sort by."),
+        _param("dir", "query", {"type": "string", "enum": ["asc", "desc"]}, "Sort direction."),
+        _param("page", "query", {"type": "integer", "minimum": 1, "maximum": 100_000}, "Page number, 50 orders a page."),
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "joblog API", "version": "1", "description": "The job logs, open orders and jobs, as the pages show them."},
+        "paths": {
+            "/api/runs": {"get": {"operationId": "listRuns", "summary": "Runs, newest first", "parameters": runs_query, "responses": _ok(RunList)}},
+            "/api/runs/{name}": {"get": {"operationId": "getRun", "summary": "One run with a page of its details", "parameters": [name, *details_query], "responses": _ok(RunPage)}},
+            "/api/open_orders": {"get": {"operationId": "listOpenOrders", "summary": "Open orders", "parameters": orders_query, "responses": _ok(OrderList)}},
+            "/api/jobs": {"get": {"operationId": "listJobs", "summary": "Jobs with schedule and latest run", "responses": _ok(JobList)}},
+            "/api/jobs/{job}/trigger": {"post": {
+                "operationId": "triggerJob", "summary": "Run a job now (or retry a failed run)", "parameters": [job],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TriggerBody"}}}},
+                "responses": _ok(TriggerAccepted, "202", "Queued for a worker"),
+            }},
+        },
+        "components": {"schemas": definitions["$defs"]},
+    }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
