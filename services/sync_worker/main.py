@@ -110,6 +110,10 @@ class Worker:
             try:
                 messages = await sub.fetch(1, timeout=1)
                 for message in messages:
+                    if stopping.is_set():
+                        # Arrived on a pull request made before SIGTERM: hand it to another worker now.
+                        await message.nak()
+                        continue
                     started = await self._handle_trigger(message)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 pass

@@ -95,3 +95,22 @@ async def test_a_failing_source_ends_the_run_in_error_with_the_reason_in_a_detai
     assert details[0]["key"] == "connect"
     assert details[-1]["level"] == "error"
     assert "missing.csv" in details[-1]["message"] and "during step 'connect'" in details[-1]["message"]
+
+
+async def test_a_large_import_updates_one_progress_detail_in_place(services, make_worker_settings, recorder_settings, db, tmp_path: Path):
+    source = tmp_path / "orders.csv"
+    write_csv(source, generate_orders(3000))
+    settings = make_worker_settings(orders_csv_path=source, sync_batch_size=100, sync_progress_interval=0)
+    await services(run_recorder, recorder_settings)
+    await services(run_worker, settings)
+
+    await send_trigger(settings, "sync_open_orders")
+    run = await finished_run(db)
+
+    details = await db.fetch("SELECT key, message, first_seq, seq FROM job_log_details WHERE job_log_id = $1 ORDER BY first_seq", run["id"])
+    assert [d["key"] for d in details] == ["connect", "connected", "fetched", "import", "closed", "duration"]
+    progress = {d["key"]: d for d in details}["import"]
+    # 30 batches, each a progress update of the same detail, then the final count.
+    assert progress["seq"] - progress["first_seq"] >= 30
+    assert progress["message"].startswith("Imported 3,000 orders (3,000 created")
+    assert run["last_seq"] == run["terminal_seq"]

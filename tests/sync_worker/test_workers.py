@@ -1,0 +1,93 @@
+"""Several worker processes: one run per trigger, distinct names, clean shutdown on SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+from services.contracts import TriggerRequested
+from services.contracts.subjects import publish_trigger
+from services.log_recorder.main import run as run_recorder
+from services.sync_worker.sources.sample import generate_orders
+from tests.conftest import eventually
+from tests.sync_worker.conftest import OrdersApi, details_of, finished_runs, paged
+
+
+async def test_fifty_concurrent_runs_from_three_worker_processes_get_fifty_names_and_logs(
+    services, worker_processes, js, subjects, recorder_settings, db
+):
+    workers = [
+        worker_processes(JOBLOG_WORKER_ID=f"w{i}", JOBLOG_JOB_CONCURRENCY='{"purge_closed_orders": 50}', JOBLOG_WORKER_MAX_RUNS="20")
+        for i in (1, 2, 3)
+    ]
+    await services(run_recorder, recorder_settings)
+    await asyncio.gather(*(w.ready() for w in workers))
+
+    await asyncio.gather(*(
+        publish_trigger(js, subjects, TriggerRequested(job="purge_closed_orders", requested_by=f"t{i}")) for i in range(50)
+    ))
+    runs = await finished_runs(db, 50)
+
+    assert len(runs) == 50
+    assert len({r["name"] for r in runs}) == 50
+    assert all(re.fullmatch(r"\d{14}(-\d+)?", r["name"]) for r in runs)
+    assert {r["requested_by"] for r in runs} == {f"t{i}" for i in range(50)}
+    assert {r["status"] for r in runs} == {"success"}
+    for run in runs:
+        # Complete: created, started, the steps and the final event, nothing missing.
+        assert run["terminal_seq"] == run["last_seq"] and run["started_at"] and run["finished_at"]
+        assert [d["key"] for d in await details_of(db, run["id"])] == ["purge"]
+    print("runs per worker:", {w: sum(r["worker_id"] == w for r in runs) for w in ("w1", "w2", "w3")})
+
+
+async def test_sigterm_lets_a_running_sync_finish_within_the_grace_and_takes_no_new_trigger(
+    services, worker_processes, orders_api: OrdersApi, js, subjects, recorder_settings, db
+):
+    orders_api.pages = paged(list(generate_orders(30)), 10)
+    orders_api.gates = {2: asyncio.Event()}
+    worker = worker_processes(
+        JOBLOG_ORDERS_SOURCE="http", JOBLOG_ORDERS_URL=orders_api.url, JOBLOG_SHUTDOWN_GRACE="30",
+    )
+    await services(run_recorder, recorder_settings)
+    await worker.ready()
+    await publish_trigger(js, subjects, TriggerRequested(job="sync_open_orders"))
+    await eventually(lambda: _asked_for(orders_api, 2))
+
+    worker.terminate()
+    await asyncio.sleep(0.5)
+    await publish_trigger(js, subjects, TriggerRequested(job="purge_closed_orders"))
+    orders_api.gates[2].set()
+    assert await worker.exited() == 0
+
+    [run] = await finished_runs(db, 1)
+    assert run["status"] == "success" and json.loads(run["stats"])["created"] == 30
+    # The trigger sent after SIGTERM waits in the queue for another worker.
+    assert (await js.stream_info(subjects.command_stream)).state.messages == 1
+
+
+async def test_sigterm_fails_a_run_that_outlives_the_grace_saying_why(
+    services, worker_processes, orders_api: OrdersApi, js, subjects, recorder_settings, db
+):
+    orders_api.pages = paged(list(generate_orders(30)), 10)
+    orders_api.gates = {2: asyncio.Event()}  # never set: the ERP hangs
+    worker = worker_processes(
+        JOBLOG_ORDERS_SOURCE="http", JOBLOG_ORDERS_URL=orders_api.url, JOBLOG_SHUTDOWN_GRACE="1",
+    )
+    await services(run_recorder, recorder_settings)
+    await worker.ready()
+    await publish_trigger(js, subjects, TriggerRequested(job="sync_open_orders"))
+    await eventually(lambda: _asked_for(orders_api, 2))
+
+    worker.terminate()
+    assert await worker.exited() == 0
+
+    [run] = await finished_runs(db, 1)
+    assert run["status"] == "error"
+    assert "shut down" in run["error_message"] and "1 s shutdown grace" in run["error_message"]
+    assert run["failed_step"] == "import"
+    last = (await details_of(db, run["id"]))[-1]
+    assert last["level"] == "error" and "JOBLOG_SHUTDOWN_GRACE" in last["message"]
+
+
+async def _asked_for(api: OrdersApi, page: int) -> bool:
+    return page in api.hits
