@@ -58,6 +58,24 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """Replay the run stream into fresh projection tables and swap them in."""
+    from services.log_recorder.errors import RebuildFailed
+    from services.log_recorder.rebuild import rebuild
+    from services.log_recorder.settings import RecorderSettings
+
+    settings = load_settings(RecorderSettings)
+    _logging(settings)
+    try:
+        report = asyncio.run(rebuild(settings, progress=not args.no_progress))
+    except RebuildFailed as error:
+        print(f"joblog: {error}", file=sys.stderr)
+        return 1
+    print(f"rebuilt from {report.replayed:,} events (stream up to #{report.stream_last_seq}): "
+          f"{report.runs:,} runs, {report.details:,} details")
+    return 0
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     """Serve the web UI and API."""
     from services.web.app import serve
@@ -83,6 +101,42 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         return 2
     print(f"triggered {command.job} (command {command.command_id}); a worker picks it up")
     return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Write (or --check) the JSON Schema and AsyncAPI document of the events."""
+    from pathlib import Path
+
+    from joblog.schema import stale, write
+
+    directory = Path(args.out)
+    if args.check:
+        outdated = stale(directory)
+        for path in outdated:
+            print(f"joblog schema: {path} is out of date; run `joblog schema`", file=sys.stderr)
+        return 1 if outdated else 0
+    changed = write(directory)
+    print(f"wrote {', '.join(str(p) for p in changed)}" if changed else f"{directory} is up to date")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print job events live, one line each."""
+    from joblog.tail import tail
+
+    settings = load_settings(CommonSettings)
+    try:
+        return asyncio.run(tail(settings, args.filter, raw=args.json, from_start=args.all, count=args.count, out=sys.stdout))
+    except OSError as error:
+        print(f"joblog tail: cannot reach NATS at {settings.nats_url}: {error}", file=sys.stderr)
+        return 1
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Check NATS, the stream and Postgres are reachable (container healthcheck)."""
+    from joblog.health import run
+
+    return run(load_settings(CommonSettings))
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -116,10 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated). Stops on SIGTERM after running jobs finish.")
     add("recorder", cmd_recorder, "Run the log recorder",
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated). Several recorders may share the durable consumer.")
+    rebuild = add("rebuild", cmd_rebuild, "Rebuild job_logs and job_log_details from the run stream",
+                  "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL. Replays the stream from its start into fresh tables "
+                  "with a progress bar, then swaps them in atomically; recorders and the web keep running.")
+    rebuild.add_argument("--no-progress", action="store_true", help="no progress bar")
     add("web", cmd_web, "Serve the web UI",
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL; listens on JOBLOG_WEB_HOST:JOBLOG_WEB_PORT.")
     trigger = add("trigger", cmd_trigger, "Trigger a job run", "Needs JOBLOG_NATS_URL; a running worker executes it.")
     trigger.add_argument("job", metavar="JOB", help="job id, e.g. sync_open_orders")
+    schema = add("schema", cmd_schema, "Generate the event contract's JSON Schema and AsyncAPI document",
+                 "Writes events.schema.json and asyncapi.json from the pydantic models (deterministic); "
+                 "needs no server and no JOBLOG_ variable. See docs/events.md.")
+    schema.add_argument("--out", default="docs/schema", help="directory to write to (default docs/schema)")
+    schema.add_argument("--check", action="store_true", help="write nothing; exit 1 if the files are out of date")
+    tail = add("tail", cmd_tail, "Print job events live, one readable line per event",
+               "Needs JOBLOG_NATS_URL (and JOBLOG_STREAM / JOBLOG_SUBJECT_PREFIX if changed); times in JOBLOG_TIMEZONE. "
+               "Follows the stream with an ordered ephemeral consumer; Ctrl-C stops.")
+    tail.add_argument("filter", metavar="FILTER", nargs="?", default=None,
+                      help="a job (sync_open_orders), a run name (20261129083000) or a subject with wildcards "
+                           "(joblog.run.*.*.failed); default: every run event")
+    tail.add_argument("--json", action="store_true", help="print each event's JSON as published")
+    tail.add_argument("--all", action="store_true", help="start from the oldest event kept, not from now")
+    tail.add_argument("--count", type=int, default=None, metavar="N", help="exit after N events")
+    add("health", cmd_health, "Check that NATS, the stream and Postgres are reachable",
+        "Needs JOBLOG_NATS_URL, JOBLOG_STREAM and JOBLOG_DATABASE_URL. Exit code 0 when healthy, 1 otherwise "
+        "(the worker and recorder healthcheck in deploy/docker-compose.yml).")
     return parser
 
 

@@ -1,0 +1,128 @@
+"""`joblog tail`: print job events live, one readable line each; the worked example of a consumer.
+
+A consumer that only watches needs no state on the server: an *ordered ephemeral* consumer
+(nothing to clean up, redelivers nothing, restarts itself at the right place after a reconnect).
+A consumer that must not miss events while it is down uses a durable consumer instead, see
+docs/examples/failures_to_stdout.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sys
+from datetime import tzinfo
+from typing import Any, TextIO
+
+import nats
+from nats.js.api import DeliverPolicy
+from pydantic import ValidationError
+
+from services.contracts import RunFailed, RunsDeleted, RunStarted, RunSucceeded, StepLogged, Subjects, parse_event
+from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN, RunCreated
+from services.contracts.settings import CommonSettings
+from services.contracts.subjects import close_nats
+
+
+def filter_subject(subjects: Subjects, text: str | None) -> str:
+    """The subject filter a FILTER argument means: nothing, a job, a run name, or a subject (wildcards allowed)."""
+    if not text:
+        return subjects.runs
+    if re.fullmatch(RUN_NAME_PATTERN, text):
+        return f"{subjects.prefix}.run.*.{text}.>"
+    if re.fullmatch(TOKEN_PATTERN, text):
+        return f"{subjects.prefix}.run.{text}.>"
+    return text
+
+
+def _one_line(text: str) -> str:
+    return " ⏎ ".join(part.strip() for part in text.strip().splitlines()) if "\n" in text else text
+
+
+def _stats(stats: dict[str, Any]) -> str:
+    shown = [f"{key}={value}" for key, value in stats.items() if isinstance(value, (int, float, str, bool))]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
+def format_event(event: Any, zone: tzinfo) -> str:
+    """One readable line: time, job, run name, seq, kind and what happened."""
+    at = event.occurred_at.astimezone(zone).strftime("%H:%M:%S.%f")[:-3]
+    if isinstance(event, RunsDeleted):
+        what = f"{len(event.names)} by name" if event.names else ""
+        if event.created_before:
+            what += (", and " if what else "") + f"all created before {event.created_before.astimezone(zone):%Y-%m-%d %H:%M:%S}"
+        by = f" (by {event.requested_by})" if event.requested_by else ""
+        return f"{at} runs deleted: {what or 'none'}{by}"
+    head = f"{at} {event.job} {event.name} #{event.seq}"
+    if isinstance(event, RunCreated):
+        by = f", requested by {event.requested_by}" if event.requested_by else ""
+        return f"{head} created on {event.worker_id} ({event.trigger}{by})"
+    if isinstance(event, RunStarted):
+        return f"{head} started on {event.host} pid {event.pid} (worker {event.worker_id})"
+    if isinstance(event, StepLogged):
+        return f"{head} step [{event.level}] {_one_line(event.message)}"
+    if isinstance(event, RunSucceeded):
+        return f"{head} succeeded in {event.duration_ms / 1000:.3f} s{_stats(event.stats)}"
+    if isinstance(event, RunFailed):
+        step = f" at step {event.step}" if event.step else ""
+        return f"{head} failed{step}: {event.error_class}: {_one_line(event.error_message)}"
+    return f"{head} {getattr(event, 'type', '?')}"
+
+
+def describe(subject: str, payload: bytes, zone: tzinfo) -> str:
+    """The line for one message; messages this version does not know are shown, not fatal."""
+    try:
+        if subject.endswith(".retention.deleted"):
+            return format_event(RunsDeleted.model_validate_json(payload), zone)
+        return format_event(parse_event(payload), zone)
+    except ValidationError:
+        # A newer producer may send types or versions this joblog does not know: consumers skip them.
+        try:
+            kind = json.loads(payload).get("type", "?")
+        except (ValueError, AttributeError):
+            kind = "not JSON"
+        return f"?            {subject} ({kind}: not understood by this version; --json shows it raw)"
+
+
+async def tail(settings: CommonSettings, text: str | None, *, raw: bool = False, from_start: bool = False,
+               count: int | None = None, out: TextIO, stopping: asyncio.Event | None = None) -> int:
+    """Print matching events until stopping is set (or count were printed); returns an exit code."""
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    nc = await nats.connect(servers=settings.nats_servers, name="joblog-tail", max_reconnect_attempts=-1,
+                            reconnect_time_wait=0.5, connect_timeout=5)
+    try:
+        js = nc.jetstream(timeout=5)
+        subject = filter_subject(settings.subjects, text)
+        try:
+            sub = await js.subscribe(
+                subject, stream=settings.stream, ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
+            )
+        except nats.js.errors.NotFoundError:
+            print(f"joblog tail: no stream {settings.stream} on {settings.nats_url} (a worker or recorder creates it)",
+                  file=sys.stderr)
+            return 1
+        except nats.js.errors.APIError as error:
+            print(f"joblog tail: cannot follow {subject!r} in stream {settings.stream}: {error.description}",
+                  file=sys.stderr)
+            return 2
+        printed = 0
+        while not stopping.is_set() and (count is None or printed < count):
+            try:
+                message = await sub.next_msg(timeout=0.5)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            line = message.data.decode("utf-8", "replace") if raw else describe(message.subject, message.data, settings.zone)
+            print(line, file=out, flush=True)
+            printed += 1
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        return 0
+    finally:
+        await close_nats(nc)
