@@ -75,7 +75,7 @@ async def main() -> None:
             if event.get("type") == "run.failed" and event.get("schema_version") == 1 and seen.add(event["event_id"]):
                 handle(event)
             await message.ack()  # after the work is done: a crash before this re-delivers
-    await nc.drain()
+    await nc.close()  # everything handled is acknowledged; nothing to drain
 
 
 if __name__ == "__main__":
