@@ -29,7 +29,7 @@ log = structlog.get_logger("joblog.recorder")
 # Errors after which the same batch is tried again (the database is away), never dead-lettered.
 TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
              asyncpg.CannotConnectNowError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
-             asyncpg.AdminShutdownError, asyncpg.InvalidCachedStatementError)
+             asyncpg.AdminShutdownError, asyncpg.InvalidCachedStatementError, asyncpg.InternalClientError)
 
 
 def classify(message: Msg, max_bytes: int, retention_subject: str) -> Any:
@@ -120,7 +120,15 @@ class Recorder:
                 log.warning("fetching events failed", error=repr(error))
                 await asyncio.sleep(0.5)
                 continue
-            await self.apply(messages, stopping)
+            try:
+                await self.apply(messages, stopping)
+            except Exception:
+                # Not a known outage: keep the recorder up, and have the batch delivered again soon.
+                log.exception("applying a batch failed unexpectedly; it will be redelivered")
+                for message in messages:
+                    with contextlib.suppress(Exception):
+                        await message.nak(delay=1)
+                await asyncio.sleep(1)
 
     async def apply(self, messages: list[Msg], stopping: asyncio.Event) -> None:
         """Apply one batch, retrying while Postgres is away; ack only after commit."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import asyncpg
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -11,6 +12,7 @@ from services.log_recorder.main import run as run_recorder
 from services.log_recorder.projection import Batch
 from tests.conftest import eventually
 from tests.factories import publish, run_events, snapshot
+from tests.log_recorder.conftest import as_payloads, drained, in_order_tables, publish_many
 
 
 async def applied(conn: asyncpg.Connection, count: int) -> bool:
@@ -99,3 +101,23 @@ async def test_any_order_with_duplicates_projects_like_in_order_delivery(db, ord
         batches.append(shuffled[i : i + size])
         i += size
     assert await _project(db, batches) == expected
+
+
+async def test_every_event_twice_and_shuffled_end_to_end_gives_the_in_order_tables(services, js, subjects, recorder_settings, db):
+    """Fault 5: each event published twice (no msg id, so both are in the stream), in shuffled order."""
+    runs = [run_events(name=f"2026112908{i // 60:02d}{i % 60:02d}", steps=3, updates=3, fail=i % 4 == 0) for i in range(40)]
+    events = [e for run in runs for e in run]
+    doubled = events + events
+    random.Random(7).shuffle(doubled)
+    await services(run_recorder, recorder_settings.model_copy(update={"recorder_batch_size": 37}))
+
+    await publish_many(js, subjects, as_payloads(subjects, doubled))
+    info = await js.stream_info(subjects.stream)
+    assert info.state.messages == 2 * len(events)
+    await eventually(lambda: drained(js, subjects.stream))
+    await eventually(lambda: applied(db, len(doubled)))
+    delivered = await snapshot(db)
+
+    assert delivered == await in_order_tables(db, events)
+    assert len(delivered["job_logs"]) == 40
+    assert sum(1 for r in delivered["job_logs"] if r["status"] == "error") == 10

@@ -1,0 +1,51 @@
+"""What the recorder's tests share: fast publishing, and the tables in-order delivery would give."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from services.contracts import RunEvent
+from services.log_recorder import db as recorder_db
+from services.log_recorder.projection import Batch
+from tests.factories import snapshot
+
+
+async def publish_many(js: Any, subject_of: Any, payloads: list[tuple[str, bytes]], *, chunk: int = 250) -> None:
+    """Publish (subject, payload) pairs, a chunk of them in flight at a time, with no msg id."""
+    for start in range(0, len(payloads), chunk):
+        await asyncio.gather(*(js.publish(subject, data) for subject, data in payloads[start : start + chunk]))
+
+
+def as_payloads(subjects: Any, events: list[RunEvent]) -> list[tuple[str, bytes]]:
+    return [(subjects.for_event(e), e.model_dump_json().encode()) for e in events]
+
+
+async def in_order_tables(conn: asyncpg.Connection, events: list[RunEvent]) -> dict[str, list[dict[str, object]]]:
+    """The tables that delivering these events once, in order, in one batch gives (the test's tables are replaced)."""
+    await conn.execute("TRUNCATE job_logs CASCADE")
+    batch = Batch()
+    for event in events:
+        batch.add(event)
+    async with conn.transaction():
+        await recorder_db.apply_batch(conn, batch)
+    return await snapshot(conn)
+
+
+async def projected(conn: asyncpg.Connection, runs: int, *, status: str | None = None) -> bool:
+    """Every one of `runs` runs has reached a final status (or the given one)."""
+    if status:
+        done = await conn.fetchval("SELECT count(*) FROM job_logs WHERE status = $1", status)
+    else:
+        done = await conn.fetchval("SELECT count(*) FROM job_logs WHERE status IN ('success', 'error')")
+    return done >= runs
+
+
+async def drained(js: Any, stream: str, consumer: str = "log_recorder") -> bool:
+    """The durable consumer has nothing left to deliver and nothing unacknowledged (acks follow commits)."""
+    try:
+        info = await js.consumer_info(stream, consumer)
+    except Exception:
+        return False
+    return info.num_pending == 0 and info.num_ack_pending == 0
