@@ -166,13 +166,17 @@ async def get_run(request: web.Request) -> web.Response:
     run, details, next_after, total = await views.load_run(request, after, limit)
     return _json(RunPage(
         run=_run(views.present_run(run, views._directory(request)), RunWithTraceback),  # type: ignore[arg-type]
-        details=[Detail(**{**dict(d), "data": _as_dict(d["data"]), "seq": d["first_seq"], "updated_seq": d["seq"]}) for d in details],
+        details=[_detail(d) for d in details],
         next_after=next_after, total_details=total,
     ))
 
 
-def _as_dict(value: Any) -> dict[str, Any] | None:
-    return json.loads(value) if isinstance(value, str) else value
+def _detail(row: Any) -> Detail:
+    data = json.loads(row["data"]) if isinstance(row["data"], str) else row["data"]
+    return Detail(
+        key=row["key"], message=row["message"], level=row["level"], data=data, seq=row["first_seq"],
+        updated_seq=row["seq"], created_at=row["created_at"], updated_at=row["updated_at"],
+    )
 
 
 async def list_open_orders(request: web.Request) -> web.Response:

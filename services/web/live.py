@@ -26,7 +26,7 @@ QUEUE_SIZE = 1000
 STATUS_OF = {"run.created": "new", "run.started": "processing", "run.succeeded": "success", "run.failed": "error"}
 
 
-@dataclass
+@dataclass(eq=False)
 class Listener:
     """One SSE client: the run it follows (None for all runs) and its queue of updates."""
 
