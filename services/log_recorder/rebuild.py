@@ -1,0 +1,208 @@
+"""`joblog rebuild`: replay the run stream into fresh tables and swap them in atomically.
+
+1. Create job_logs_rebuild / job_log_details_rebuild shaped like the live tables (columns,
+   defaults, constraints and indexes, under temporary names).
+2. Replay the stream from its first message up to its last sequence at that moment, with the
+   recorder's own projection, into the fresh tables; then catch up once more.
+3. In one transaction: lock the live tables against writers (readers go on), catch up the last
+   few events, drop the live tables and rename the fresh ones into their place. The web keeps
+   reading the old tables until that transaction commits, and the new ones right after.
+
+Live recorders keep running: events they apply to the old tables are in the stream up to the
+sequence read under the lock, and they land in the new tables after the swap (idempotently).
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import nats
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from tqdm import tqdm
+
+from services.contracts.subjects import close_nats, ensure_streams
+from services.log_recorder import db
+from services.log_recorder.errors import RebuildFailed
+from services.log_recorder.main import reduce
+from services.log_recorder.settings import RecorderSettings
+
+SUFFIX = "__rb"
+FETCH = 2000
+
+
+@dataclass
+class RebuildReport:
+    """What a rebuild did."""
+
+    replayed: int
+    stream_last_seq: int
+    runs: int
+    details: int
+
+
+async def _shape(conn: asyncpg.Connection, live: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The live table's constraints (name, definition) and its other indexes (name, definition)."""
+    constraints = [
+        (r["conname"], r["def"]) for r in await conn.fetch(
+            "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+            "WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'c', 'f') ORDER BY contype DESC, conname", live)
+    ]
+    indexes = [
+        (r["indexname"], r["indexdef"]) for r in await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1 "
+            "AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass)", live)
+    ]
+    return constraints, indexes
+
+
+def _retarget(definition: str) -> str:
+    """A definition that names a live table, pointed at its fresh twin."""
+    for live, fresh in ((db.LIVE.details, db.REBUILD.details), (db.LIVE.runs, db.REBUILD.runs)):
+        definition = re.sub(rf"(?<![\w.]){live}\b(?=\s*\(|\s+USING|\s*$)", fresh, definition)
+        definition = re.sub(rf"(\w+\.){live}\b", rf"\g<1>{fresh}", definition)
+    return definition
+
+
+async def prepare(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """Create the fresh tables; returns the (table, object) renames the swap must undo."""
+    referencing = await conn.fetch(
+        "SELECT conrelid::regclass::text AS t FROM pg_constraint WHERE confrelid = $1::regclass AND conrelid <> $2::regclass",
+        db.LIVE.runs, db.LIVE.details,
+    )
+    if referencing:
+        raise RebuildFailed(f"tables reference {db.LIVE.runs} ({', '.join(r['t'] for r in referencing)}); "
+                            "the rebuild cannot swap it under them")
+    renames: list[tuple[str, str]] = []
+    await conn.execute(f"DROP TABLE IF EXISTS {db.REBUILD.details}, {db.REBUILD.runs}")
+    for live, fresh in ((db.LIVE.runs, db.REBUILD.runs), (db.LIVE.details, db.REBUILD.details)):
+        constraints, indexes = await _shape(conn, live)
+        await conn.execute(f"CREATE TABLE {fresh} (LIKE {live} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED)")
+        for name, definition in constraints:
+            await conn.execute(f'ALTER TABLE {fresh} ADD CONSTRAINT "{name}{SUFFIX}" {_retarget(definition)}')
+            renames.append(("constraint", name))
+        for name, definition in indexes:
+            create = re.sub(rf'INDEX "?{re.escape(name)}"? ON ', f'INDEX "{name}{SUFFIX}" ON ', definition, count=1)
+            await conn.execute(re.sub(rf"ON (\w+\.)?{live} ", rf"ON \g<1>{fresh} ", create, count=1))
+            renames.append(("index", name))
+    return renames
+
+
+class Replay:
+    """An ephemeral, unacknowledged consumer over the whole run stream, applied into the fresh tables."""
+
+    def __init__(self, settings: RecorderSettings, pool: asyncpg.Pool, js: Any) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.js = js
+        self.position = 0
+        self.replayed = 0
+        self.sub: Any = None
+
+    async def open(self) -> None:
+        """Start reading right after the position (from the stream's start at first)."""
+        subjects = self.settings.subjects
+        where: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
+        if self.position:
+            where = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self.position + 1}
+        self.sub = await self.js.pull_subscribe(
+            subjects.runs, stream=subjects.stream,
+            config=ConsumerConfig(
+                filter_subjects=[subjects.runs, subjects.retention], ack_policy=AckPolicy.NONE,
+                inactive_threshold=120.0, mem_storage=True, **where,
+            ),
+        )
+
+    async def until(self, last_seq: int, conn: asyncpg.Connection | None = None, bar: tqdm | None = None) -> None:
+        """Apply every message up to last_seq (in conn's transaction, or one transaction per batch)."""
+        while self.position < last_seq:
+            try:
+                messages = await self.sub.fetch(FETCH, timeout=2)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                if (await self.sub.consumer_info()).num_pending == 0:
+                    return  # the last sequences were removed from the stream
+                continue
+            batch, letters, top = reduce(messages, self.settings)
+            if conn is not None:
+                await db.apply_batch(conn, batch, db.REBUILD)
+            else:
+                async with self.pool.acquire() as own, own.transaction():
+                    await db.apply_batch(own, batch, db.REBUILD)
+                    await db.store_dead_letters(own, letters)
+            self.replayed += len(messages)
+            if bar is not None:
+                bar.update(top - self.position)
+            self.position = max(self.position, top)
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+            self.sub = None
+
+
+async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, renames: list[tuple[str, str]]) -> int:
+    """Catch up under a writers' lock and put the fresh tables in place; returns the last sequence."""
+    async with conn.transaction():
+        # EXCLUSIVE: live recorders wait, readers go on until the renames below.
+        await conn.execute(f"LOCK TABLE {db.LIVE.runs}, {db.LIVE.details} IN EXCLUSIVE MODE")
+        last_seq = (await js.stream_info(stream)).state.last_seq
+        await replay.until(last_seq, conn)
+        sequence = await conn.fetchval("SELECT pg_get_serial_sequence($1, 'id')", db.LIVE.details)
+        if sequence:
+            await conn.execute(f"ALTER SEQUENCE {sequence} OWNED BY {db.REBUILD.details}.id")
+        await conn.execute(f"DROP TABLE {db.LIVE.details}, {db.LIVE.runs}")
+        await conn.execute(f"ALTER TABLE {db.REBUILD.runs} RENAME TO {db.LIVE.runs}")
+        await conn.execute(f"ALTER TABLE {db.REBUILD.details} RENAME TO {db.LIVE.details}")
+        for kind, name in renames:
+            if kind == "index":
+                await conn.execute(f'ALTER INDEX "{name}{SUFFIX}" RENAME TO "{name}"')
+            else:
+                table = await conn.fetchval(
+                    "SELECT conrelid::regclass::text FROM pg_constraint WHERE conname = $1", f"{name}{SUFFIX}")
+                await conn.execute(f'ALTER TABLE {table} RENAME CONSTRAINT "{name}{SUFFIX}" TO "{name}"')
+    return last_seq
+
+
+async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> RebuildReport:
+    """Replay the whole run stream into fresh tables and swap them in; the web keeps serving."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    nc = await nats.connect(servers=settings.nats_servers, name="joblog-rebuild")
+    replay: Replay | None = None
+    try:
+        js = nc.jetstream(timeout=10)
+        await ensure_streams(js, settings.subjects, settings.stream_replicas)
+        async with pool.acquire() as conn:
+            renames = await prepare(conn)
+        replay = Replay(settings, pool, js)
+        await replay.open()
+        target = (await js.stream_info(settings.stream)).state.last_seq
+        with tqdm(total=target, unit="event", desc="rebuild", disable=not progress) as bar:
+            await replay.until(target, bar=bar)
+        # Events that arrived meanwhile, outside the lock, so the locked part stays short.
+        await replay.until((await js.stream_info(settings.stream)).state.last_seq)
+        for attempt in range(5):
+            committed = replay.position
+            try:
+                async with pool.acquire() as conn:
+                    last_seq = await swap(conn, replay, js, settings.stream, renames)
+                break
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
+                # What the rolled-back catch-up applied is gone: read it again.
+                await replay.close()
+                replay.position = committed
+                await replay.open()
+                await asyncio.sleep(0.2 * (attempt + 1))
+        async with pool.acquire() as conn:
+            runs = await conn.fetchval(f"SELECT count(*) FROM {db.LIVE.runs}")
+            details = await conn.fetchval(f"SELECT count(*) FROM {db.LIVE.details}")
+        return RebuildReport(replayed=replay.replayed, stream_last_seq=last_seq, runs=runs, details=details)
+    finally:
+        if replay is not None:
+            await replay.close()
+        await close_nats(nc)
+        await pool.close()
