@@ -48,43 +48,60 @@ async def delete_outbox(conn: asyncpg.Connection, ids: list[int]) -> None:
 
 # Open orders ---------------------------------------------------------------------------------
 
+# What a source provides, in the order SourceOrder.record() returns it.
 ORDER_COLUMNS = (
     "order_number", "customer_code", "customer_name", "status", "order_date",
     "requested_ship_date", "warehouse", "currency", "total_amount", "line_count",
-    "source_updated_at", "row_hash",
+    "source_updated_at",
 )
 
+# A batch lands here by COPY; ON COMMIT DELETE ROWS empties it after every batch.
 CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS order_staging ON COMMIT DELETE ROWS AS
 SELECT {", ".join(ORDER_COLUMNS)} FROM open_orders WITH NO DATA
 """
+# Every order number this run saw, kept on the server (not in the worker) to close the rest.
+CREATE_SEEN = "CREATE TEMP TABLE IF NOT EXISTS order_seen (order_number text NOT NULL)"
+CLEAR_SEEN = "TRUNCATE order_seen"
 
-COUNT_CHANGES = """
-SELECT count(*) FILTER (WHERE o.order_number IS NULL) AS created,
-       count(*) FILTER (WHERE o.order_number IS NOT NULL
-                        AND (o.row_hash <> s.row_hash OR o.closed_at IS NOT NULL)) AS updated,
-       count(*) FILTER (WHERE o.row_hash = s.row_hash AND o.closed_at IS NULL) AS unchanged
-FROM order_staging s LEFT JOIN open_orders o USING (order_number)
-"""
+# The hash is computed here, in C, and times in UTC so it does not depend on the session.
+ROW_HASH = "md5(ROW({}, s.source_updated_at AT TIME ZONE 'UTC')::text)".format(
+    ", ".join(f"s.{c}" for c in ORDER_COLUMNS[1:-1])
+)
 
+# One statement per batch: remember the numbers, insert new orders, rewrite only the changed
+# or reopened ones (unchanged rows are not written at all), and count which was which.
 UPSERT_ORDERS = f"""
-INSERT INTO open_orders ({", ".join(ORDER_COLUMNS)}, first_seen_run, last_seen_run, synced_at, closed_at)
-SELECT {", ".join(ORDER_COLUMNS)}, $1::uuid, $1::uuid, $2::timestamptz, NULL FROM order_staging
-ON CONFLICT (order_number) DO UPDATE SET
-    {", ".join(f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS[1:])},
-    last_seen_run = EXCLUDED.last_seen_run,
-    synced_at = EXCLUDED.synced_at,
-    closed_at = NULL
+WITH seen AS (
+    INSERT INTO order_seen SELECT order_number FROM order_staging
+), staged AS (
+    SELECT s.*, {ROW_HASH} AS row_hash FROM order_staging s
+), written AS (
+    INSERT INTO open_orders ({", ".join(ORDER_COLUMNS)}, row_hash, first_seen_run, last_seen_run, synced_at, closed_at)
+    SELECT {", ".join(ORDER_COLUMNS)}, row_hash, $1::uuid, $1::uuid, $2::timestamptz, NULL FROM staged
+    ON CONFLICT (order_number) DO UPDATE SET
+        {", ".join(f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS[1:])},
+        row_hash = EXCLUDED.row_hash,
+        last_seen_run = EXCLUDED.last_seen_run,
+        synced_at = EXCLUDED.synced_at,
+        closed_at = NULL
+    WHERE open_orders.row_hash <> EXCLUDED.row_hash OR open_orders.closed_at IS NOT NULL
+    RETURNING (xmax = 0) AS created
+)
+SELECT count(*) FILTER (WHERE created) AS created, count(*) FILTER (WHERE NOT created) AS updated FROM written
 """
 
 CLOSE_MISSING = """
-UPDATE open_orders SET closed_at = $2
-WHERE closed_at IS NULL AND last_seen_run IS DISTINCT FROM $1::uuid
+UPDATE open_orders o SET closed_at = $1
+WHERE o.closed_at IS NULL AND NOT EXISTS (SELECT 1 FROM order_seen s WHERE s.order_number = o.order_number)
 """
 
 
 async def prepare_staging(conn: asyncpg.Connection) -> None:
+    """The connection's staging and seen tables, empty."""
     await conn.execute(CREATE_STAGING)
+    await conn.execute(CREATE_SEEN)
+    await conn.execute(CLEAR_SEEN)
 
 
 async def upsert_orders(
@@ -92,12 +109,14 @@ async def upsert_orders(
 ) -> dict[str, int]:
     """Upsert a batch by order number (inside the caller's transaction); returns the counts."""
     await conn.copy_records_to_table("order_staging", records=rows, columns=ORDER_COLUMNS)
-    counts = dict(await conn.fetchrow(COUNT_CHANGES))
-    await conn.execute(UPSERT_ORDERS, run_id, now)
-    return counts
+    written = await conn.fetchrow(UPSERT_ORDERS, run_id, now)
+    return {"created": written["created"], "updated": written["updated"],
+            "unchanged": len(rows) - written["created"] - written["updated"]}
 
 
-async def close_missing_orders(conn: asyncpg.Connection, run_id: uuid.UUID, now: datetime) -> int:
+async def close_missing_orders(conn: asyncpg.Connection, now: datetime) -> int:
     """Close the open orders this run did not see in the source; returns how many."""
-    status = await conn.execute(CLOSE_MISSING, run_id, now)
+    await conn.execute("ANALYZE order_seen")  # a temp table has no statistics: let the planner hash it
+    status = await conn.execute(CLOSE_MISSING, now)
+    await conn.execute(CLEAR_SEEN)
     return int(status.split()[-1])

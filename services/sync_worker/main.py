@@ -78,6 +78,8 @@ class Worker:
         return ctx, task
 
     async def _run(self, spec: JobSpec, ctx: RunContext) -> None:
+        # This task's own context: every line logged during the run names it.
+        structlog.contextvars.bind_contextvars(run=ctx.name, run_id=str(ctx.run_id), job=spec.name)
         self.running[str(ctx.run_id)] = ctx
         try:
             async with self.pool.acquire() as lock_conn:

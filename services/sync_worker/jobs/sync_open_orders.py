@@ -1,13 +1,16 @@
 """SyncOpenOrdersJob: bring open_orders in step with the ERP's open orders."""
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.contracts.events import utcnow
 from services.sync_worker import db
@@ -19,7 +22,7 @@ MAX_WARNINGS = 50
 
 
 class SourceOrder(BaseModel):
-    """One order as the source must provide it."""
+    """One order as the source must provide it (a missing value is None: the CSV source maps empty fields)."""
 
     model_config = ConfigDict(str_strip_whitespace=True, extra="ignore")
 
@@ -35,19 +38,9 @@ class SourceOrder(BaseModel):
     line_count: int = Field(ge=1)
     updated_at: datetime | None = None
 
-    @field_validator("requested_ship_date", "warehouse", "updated_at", mode="before")
-    @classmethod
-    def _blank_is_none(cls, value: Any) -> Any:
-        return None if value == "" else value
-
     def record(self) -> tuple[Any, ...]:
-        values = (
-            self.order_number, self.customer_code, self.customer_name, self.status, self.order_date,
-            self.requested_ship_date, self.warehouse, self.currency, self.total_amount, self.line_count,
-            self.updated_at,
-        )
-        digest = hashlib.blake2b(repr(values).encode(), digest_size=16).hexdigest()
-        return (*values, digest)
+        """The row for db.ORDER_COLUMNS (fields are declared in that order)."""
+        return tuple(self.__dict__.values())
 
 
 def explain(error: ValidationError) -> str:
@@ -55,6 +48,11 @@ def explain(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "row"
     return f"{where}: {first['msg']}"
+
+
+# Validated batches waiting for the database: reading the next batch overlaps the upsert of
+# this one, and at most this many (plus the one being written) are in memory.
+PIPELINE_DEPTH = 2
 
 
 @registry.job("sync_open_orders", title="SyncOpenOrdersJob", description="Pull open orders from the ERP into open_orders.")
@@ -67,22 +65,18 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
 
     source = open_source(ctx.settings, on_retry=retrying)
     stats = {"fetched": 0, "created": 0, "updated": 0, "unchanged": 0, "closed": 0, "invalid": 0}
-    # Order numbers seen this run: duplicates in the source are invalid. The one structure
-    # that grows with the source (about 100 bytes per order), unlike the orders themselves.
-    seen: set[str] = set()
     warnings = 0
-    last_progress = float("-inf")
 
-    await ctx.log(f"Connecting to {source.description}", key="connect", source=source.description)
-    async with source.connect() as batches:
-        await ctx.log(f"Connection established to {source.description}", key="connected")
-        async with ctx.pool.acquire() as conn:
-            await db.prepare_staging(conn)
+    async def read_and_validate(batches: AsyncIterator[list[RawOrder]], ready: asyncio.Queue[list[tuple[Any, ...]] | None]) -> None:
+        nonlocal warnings
+        # Order numbers seen this run, to report duplicates: the one structure that grows with
+        # the source (about 100 bytes per order), unlike the orders themselves.
+        seen: set[str] = set()
+        try:
             async for raw_batch in batches:
                 stats["fetched"] += len(raw_batch)
                 records = []
-                for raw in raw_batch:
-                    problem, record = _validate(raw, seen)
+                for raw, (problem, record) in zip(raw_batch, _validate_batch(raw_batch, seen)):
                     if problem is None:
                         records.append(record)
                         continue
@@ -94,21 +88,28 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
                             f"Skipped order {number}: {problem}", level="warning",
                             order_number=number, reason=problem,
                         )
-                async with conn.transaction():
-                    if records:
-                        counts = await db.upsert_orders(conn, records, ctx.run_id, utcnow())
-                        for name, value in counts.items():
-                            stats[name] += value
-                    # Progress is one detail updated in place, at most every sync_progress_interval.
-                    if time.monotonic() - last_progress >= ctx.settings.sync_progress_interval:
-                        last_progress = time.monotonic()
-                        await ctx.log(
-                            f"Fetched {stats['fetched']:,} orders so far", key="fetched", fetched=stats["fetched"], conn=conn
-                        )
-                        await ctx.log(_progress(stats), key="import", conn=conn, **stats)
+                await ready.put(records)
+        finally:
+            await ready.put(None)
+
+    await ctx.log(f"Connecting to {source.description}", key="connect", source=source.description)
+    async with source.connect() as batches:
+        await ctx.log(f"Connection established to {source.description}", key="connected")
+        async with ctx.pool.acquire() as conn:
+            await db.prepare_staging(conn)
+            ready: asyncio.Queue[list[tuple[Any, ...]] | None] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+            reader = asyncio.create_task(read_and_validate(batches, ready), name=f"read-{ctx.name}")
+            try:
+                await _import(ctx, conn, ready, stats)
+                await reader  # the source's error, if it failed
+            finally:
+                if not reader.done():
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
             async with conn.transaction():
                 await ctx.log(f"Fetched {stats['fetched']:,} orders", key="fetched", fetched=stats["fetched"])
-                stats["closed"] = await db.close_missing_orders(conn, ctx.run_id, utcnow())
+                stats["closed"] = await db.close_missing_orders(conn, utcnow())
                 await ctx.log(
                     f"Closed {stats['closed']:,} orders no longer open in the source",
                     key="closed", closed=stats["closed"], conn=conn,
@@ -122,6 +123,43 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
     duration = time.monotonic() - began
     await ctx.log(f"Finished in {duration:.2f} s", key="duration", duration_s=round(duration, 3))
     return {**stats, "imported": stats["created"] + stats["updated"] + stats["unchanged"]}
+
+
+async def _import(
+    ctx: RunContext, conn: asyncpg.Connection, ready: asyncio.Queue[list[tuple[Any, ...]] | None], stats: dict[str, int]
+) -> None:
+    """Upsert each validated batch in its own transaction, with the progress events it implies."""
+    last_progress = float("-inf")
+    while (records := await ready.get()) is not None:
+        async with conn.transaction():
+            if records:
+                counts = await db.upsert_orders(conn, records, ctx.run_id, utcnow())
+                for name, value in counts.items():
+                    stats[name] += value
+            # Progress is one detail updated in place, at most every sync_progress_interval.
+            if time.monotonic() - last_progress >= ctx.settings.sync_progress_interval:
+                last_progress = time.monotonic()
+                await ctx.log(f"Fetched {stats['fetched']:,} orders so far", key="fetched", fetched=stats["fetched"], conn=conn)
+                await ctx.log(_progress(stats), key="import", conn=conn, **stats)
+
+
+BATCH = TypeAdapter(list[SourceOrder])
+
+
+def _validate_batch(raw_batch: list[RawOrder], seen: set[str]) -> list[tuple[str | None, tuple[Any, ...] | None]]:
+    """(problem, record) per row: one call into pydantic-core for a clean batch, row by row otherwise."""
+    try:
+        orders = BATCH.validate_python(raw_batch)
+    except ValidationError:
+        return [_validate(raw, seen) for raw in raw_batch]
+    results: list[tuple[str | None, tuple[Any, ...] | None]] = []
+    for order in orders:
+        if order.order_number in seen:
+            results.append(("order number appears twice in the source", None))
+        else:
+            seen.add(order.order_number)
+            results.append((None, order.record()))
+    return results
 
 
 def _validate(raw: RawOrder, seen: set[str]) -> tuple[str | None, tuple[Any, ...] | None]:

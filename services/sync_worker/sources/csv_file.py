@@ -11,7 +11,7 @@ from services.sync_worker.sources import RawOrder
 
 
 class CsvSource:
-    """Reads the file in batches with the csv module; the header names the columns."""
+    """Reads the file in batches with the csv module; the header names the columns, an empty field is None."""
 
     def __init__(self, path: Path, batch_size: int) -> None:
         self.path = Path(path)
@@ -28,13 +28,15 @@ class CsvSource:
             yield self._batches(handle)
 
     async def _batches(self, handle) -> AsyncIterator[list[RawOrder]]:  # type: ignore[no-untyped-def]
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "order_number" not in reader.fieldnames:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header or "order_number" not in header:
             raise SourceError(f"{self.path.name} has no order_number column in its header")
         batch: list[RawOrder] = []
         try:
             for row in reader:
-                batch.append(row)
+                # CSV cannot say "no value": an empty field is one.
+                batch.append({name: value or None for name, value in zip(header, row)})
                 if len(batch) >= self.batch_size:
                     yield batch
                     batch = []
