@@ -1,0 +1,122 @@
+"""The pages in a real Chromium (Debian's, never a downloaded one), against real services."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from services.log_recorder.main import run as run_recorder
+from services.sync_worker.main import run as run_worker
+from services.sync_worker.sources.sample import generate_orders, write_csv
+from tests.factories import T0, run_events
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium from the system (CI installs it with apt)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield launched
+        await launched.close()
+
+
+async def shoot(page: Page, artifacts: Path, name: str) -> None:
+    """A full-page screenshot at desktop width, then at phone width."""
+    await page.set_viewport_size(DESKTOP)
+    await page.screenshot(path=artifacts / f"{name}-desktop.png", full_page=True)
+    await page.set_viewport_size(PHONE)
+    await page.screenshot(path=artifacts / f"{name}-phone.png", full_page=True)
+    await page.set_viewport_size(DESKTOP)
+
+
+async def test_run_now_shows_a_new_run_going_from_processing_to_success_without_reload(
+    browser: Browser, client: Any, project: Any, services: Any, make_worker_settings: Any, recorder_settings: Any,
+    tmp_path: Path, artifacts: Path,
+) -> None:
+    await project(run_events(name="20261129083000", start=T0, fail=True))
+    await project(run_events(name="20261129093000", start=T0 + timedelta(hours=1)))
+    source = tmp_path / "orders.csv"
+    write_csv(source, list(generate_orders(3000)))
+    # Small batches and frequent progress make "processing" last long enough to see.
+    await services(run_recorder, recorder_settings)
+    await services(run_worker, make_worker_settings(orders_csv_path=source, sync_batch_size=25, sync_progress_interval=0.05))
+    base = str(client.make_url("/"))
+    context = await browser.new_context(viewport=DESKTOP, base_url=base.rstrip("/"))
+    index, monitor = await context.new_page(), await context.new_page()
+    monitor.on("dialog", lambda dialog: dialog.accept())
+
+    await index.goto("/")
+    rows = index.locator("table.runs tbody tr")
+    await expect(rows).to_have_count(2)
+    assert await rows.nth(0).get_attribute("data-run") == "20261129093000"  # newest first
+    await expect(rows.nth(1).locator(".badge")).to_have_text("✕Error")
+    await index.evaluate("window.notReloaded = true")
+
+    await monitor.goto("/")
+    await monitor.get_by_role("link", name="Jobs Monitor").first.click()
+    await expect(monitor).to_have_url(f"{base}monitor")
+    run_now = monitor.locator('tr[data-job="sync_open_orders"] button', has_text="Run now")
+    await expect(run_now).to_be_visible(timeout=15_000)  # once the worker's heartbeat describes the job
+    await shoot(monitor, artifacts, "monitor")
+    await run_now.click()
+    await expect(monitor.get_by_role("status")).to_contain_text("Triggered sync_open_orders")
+
+    new_row = rows.first
+    await expect(rows).to_have_count(3, timeout=15_000)
+    await expect(new_row.locator(".badge")).to_have_text("◐Processing", timeout=15_000)
+    await shoot(index, artifacts, "index-live")
+    await expect(new_row.locator(".badge")).to_have_text("✓Success", timeout=30_000)
+    await expect(new_row.locator('[data-field="summary"]')).to_contain_text("imported")
+    assert await index.evaluate("window.notReloaded") is True
+
+    name = await new_row.get_attribute("data-run")
+    await new_row.get_by_role("link").click()
+    await expect(index.locator("h1")).to_have_text(name or "")
+    await expect(index.locator(".details li").first).to_be_visible()
+    await shoot(index, artifacts, "run-success")
+
+    await index.goto("/")
+    await index.get_by_role("link", name="View Open Orders").click()
+    await expect(index).to_have_url(f"{base}open_orders")
+    await expect(index.locator("table.orders tbody tr")).to_have_count(50)
+    await shoot(index, artifacts, "open-orders")
+    await context.close()
+
+
+async def test_a_failed_run_is_visibly_distinct_and_its_failing_step_highlighted(
+    browser: Browser, client: Any, project: Any, artifacts: Path,
+) -> None:
+    await project(run_events(name="20261129083000", start=T0, steps=6, fail=True))
+    await project(run_events(name="20261129093000", start=T0 + timedelta(hours=1)))
+    page = await browser.new_page(viewport=DESKTOP, base_url=str(client.make_url("")).rstrip("/"))
+
+    await page.goto("/")
+    failed, ok = page.locator('tr[data-run="20261129083000"]'), page.locator('tr[data-run="20261129093000"]')
+    failed_colour = await failed.locator(".badge").evaluate("e => getComputedStyle(e).backgroundColor")
+    ok_colour = await ok.locator(".badge").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert failed_colour != ok_colour
+    await expect(failed).to_have_class("run-row state-error")
+    await shoot(page, artifacts, "index")
+
+    await failed.get_by_role("link").click()
+    await expect(page.locator(".error-box")).to_contain_text("ERP unreachable")
+    await expect(page.locator(".failed-step")).to_contain_text("Failed here")
+    traceback = page.locator(".error-box details")
+    assert await traceback.get_attribute("open") is None  # folded until asked for
+    await shoot(page, artifacts, "run-error")
+    await page.close()
