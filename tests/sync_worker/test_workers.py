@@ -91,3 +91,29 @@ async def test_sigterm_fails_a_run_that_outlives_the_grace_saying_why(
 
 async def _asked_for(api: OrdersApi, page: int) -> bool:
     return page in api.hits
+
+
+async def test_a_trigger_while_the_sync_is_running_is_logged_as_skipped_not_dropped(
+    services, orders_api: OrdersApi, make_worker_settings, recorder_settings, js, subjects, db
+):
+    from services.sync_worker.main import run as run_worker
+
+    orders_api.pages = paged(list(generate_orders(20)), 10)
+    orders_api.gates = {2: asyncio.Event()}
+    await services(run_recorder, recorder_settings)
+    await services(run_worker, make_worker_settings(orders_source="http", orders_url=orders_api.url))
+    await publish_trigger(js, subjects, TriggerRequested(job="sync_open_orders", requested_by="first"))
+    await eventually(lambda: _asked_for(orders_api, 2))
+
+    await publish_trigger(js, subjects, TriggerRequested(job="sync_open_orders", requested_by="second"))
+    [skipped] = await finished_runs(db, 1)
+    orders_api.gates[2].set()
+    runs = await finished_runs(db, 2)
+
+    assert skipped["requested_by"] == "second" and skipped["status"] == "success"
+    assert json.loads(skipped["stats"]) == {"skipped": True}
+    [detail] = await details_of(db, skipped["id"])
+    assert detail["level"] == "warning"
+    assert detail["message"] == "Skipped: SyncOpenOrdersJob is already running (at most 1 at a time)"
+    first = next(r for r in runs if r["requested_by"] == "first")
+    assert first["status"] == "success" and json.loads(first["stats"])["created"] == 20
