@@ -16,9 +16,16 @@ from services.contracts.subjects import close_nats
 async def check(settings: CommonSettings, timeout: float = 5.0) -> list[str]:
     """The problems found; an empty list means healthy."""
     problems: list[str] = []
+    async def quiet(error: Exception) -> None:
+        """Reported below, once; nats-py would print each attempt."""
+
     try:
-        nc = await nats.connect(servers=settings.nats_servers, name="joblog-health", connect_timeout=timeout,
-                                allow_reconnect=False, max_reconnect_attempts=0)
+        # max_reconnect_attempts=0 would make nats-py retry a refused first connect forever.
+        nc = await asyncio.wait_for(
+            nats.connect(servers=settings.nats_servers, name="joblog-health", connect_timeout=timeout,
+                         allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet),
+            timeout * 2,
+        )
     except Exception as error:
         problems.append(f"NATS at {settings.nats_url} unreachable: {error!r}")
     else:

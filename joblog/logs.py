@@ -1,17 +1,35 @@
-"""Structured logging: JSON lines (JOBLOG_LOG_FORMAT=json) or readable console lines."""
+"""Structured logging: JSON lines (JOBLOG_LOG_FORMAT=json) or readable console lines.
+
+Everything goes through one renderer on stderr: structlog's loggers, the standard library's
+(aiohttp, asyncio, nats), warnings, and an uncaught exception, so with json every line a
+service writes is one JSON object, tracebacks included (in "exception"). Context bound with
+structlog.contextvars (the worker binds run and job for the duration of a run) appears in
+every line logged within it.
+"""
 from __future__ import annotations
 
 import logging
 import sys
+from types import TracebackType
+from typing import Any
 
 import structlog
 
 
+def _keep(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    return event
+
+
 def configure(level: str = "INFO", fmt: str = "console") -> None:
     """Route structlog and the standard library through one renderer on stderr."""
-    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    json_lines = fmt == "json"
+    # default=str: UUIDs, datetimes and paths appear as their text, not their repr.
+    renderer = structlog.processors.JSONRenderer(default=str) if json_lines else structlog.dev.ConsoleRenderer(
+        colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback,  # no locals: they may hold secrets
+    )
     shared = [
         structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -24,12 +42,22 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=shared,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.format_exc_info if fmt == "json" else (lambda _, __, e: e), renderer],
+                        structlog.processors.format_exc_info if json_lines else _keep, renderer],
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+    """A crash is logged like everything else (one JSON line), then the process exits as before."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger("joblog").critical("uncaught exception", exc_info=(kind, error, traceback))

@@ -94,8 +94,19 @@ async def tail(settings: CommonSettings, text: str | None, *, raw: bool = False,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stopping.set)
-    nc = await nats.connect(servers=settings.nats_servers, name="joblog-tail", max_reconnect_attempts=-1,
-                            reconnect_time_wait=0.5, connect_timeout=5)
+    async def quiet(error: Exception) -> None:
+        """Reconnecting is normal for a tool that runs for hours; nats-py would print each attempt."""
+
+    try:
+        # Keep following through server restarts, but do not wait forever for a first connection.
+        nc = await asyncio.wait_for(
+            nats.connect(servers=settings.nats_servers, name="joblog-tail", max_reconnect_attempts=-1,
+                         reconnect_time_wait=0.5, connect_timeout=5, error_cb=quiet),
+            10,
+        )
+    except (OSError, asyncio.TimeoutError, nats.errors.Error):
+        print(f"joblog tail: cannot reach NATS at {settings.nats_url}", file=sys.stderr)
+        return 1
     try:
         js = nc.jetstream(timeout=5)
         subject = filter_subject(settings.subjects, text)

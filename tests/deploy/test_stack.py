@@ -182,6 +182,8 @@ async def test_the_compose_services_as_processes_run_jobs_and_serve_the_pages(
             continue
         records = [json.loads(line) for line in stack.log_lines(name)]
         assert records and all({"event", "level", "timestamp"} <= set(r) for r in records), name
+    worker_records = [json.loads(line) for name in stack.processes if name.startswith("sync_worker") for line in stack.log_lines(name)]
+    assert {r.get("run") for r in worker_records if r["event"] == "trigger accepted"} == {run["name"] for run in runs}
 
 
 async def _equals(value: Any, expected: Any) -> bool:
