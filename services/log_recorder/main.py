@@ -58,13 +58,15 @@ def consumer_config(settings: RecorderSettings, **overrides: Any) -> ConsumerCon
         name=settings.recorder_consumer, durable_name=settings.recorder_consumer,
         filter_subjects=[subjects.runs, subjects.retention],
         ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-        ack_wait=30, max_ack_pending=50_000, max_deliver=-1,
+        ack_wait=settings.recorder_ack_wait, max_ack_pending=50_000, max_deliver=-1,
     )
     return ConsumerConfig(**{**fields, **overrides})
 
 
 async def ensure_consumer(js: Any, settings: RecorderSettings) -> None:
     """Create the durable consumer, or bring an older one (filtered on run events only) up to date.
+
+    Several recorders share it; the last to start sets its ack wait.
 
     Where the server refuses the update, the consumer is recreated: from its ack floor when the
     stream has no retention event (nothing it skipped matters), else from the start (idempotent).
@@ -75,8 +77,11 @@ async def ensure_consumer(js: Any, settings: RecorderSettings) -> None:
         info = await js.consumer_info(stream, name)
     except nats.js.errors.NotFoundError:
         info = None
-    if info is not None and sorted(info.config.filter_subjects or [info.config.filter_subject or ""]) == wanted:
-        return
+    if info is not None:
+        filters = sorted(info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else []))
+        # No filter is the whole stream, which is what the server makes of filters naming all its subjects.
+        if filters in ([], wanted) and info.config.ack_wait == settings.recorder_ack_wait:
+            return
     try:
         await js.add_consumer(stream, consumer_config(settings))
         return
@@ -109,8 +114,8 @@ class Recorder:
         await ensure_consumer(self.js, self.settings)
         return await self.js.pull_subscribe_bind(self.settings.recorder_consumer, stream=self.settings.stream)
 
-    async def consume(self, stopping: asyncio.Event) -> None:
-        sub = await self.subscribe()
+    async def consume(self, stopping: asyncio.Event, sub: Any = None) -> None:
+        sub = sub or await self.subscribe()
         while not stopping.is_set():
             try:
                 messages = await sub.fetch(self.settings.recorder_batch_size, timeout=1)
@@ -171,7 +176,8 @@ def reduce(messages: list[Msg], settings: RecorderSettings) -> tuple[Batch, list
         try:
             batch.add(classify(message, settings.max_event_bytes, retention), seq)
         except DeadLetter as reason:
-            log.warning("dead-lettered a message", subject=message.subject, stream_seq=seq, reason=str(reason))
+            log.warning("dead-lettered a message", subject=message.subject, stream_seq=seq, reason=str(reason),
+                        event_id=(message.headers or {}).get("Nats-Msg-Id"))
             letters.append((message.subject, bytes(message.data), str(reason), seq))
     return batch, letters, last_seq
 
@@ -203,13 +209,14 @@ async def run(settings: RecorderSettings, ready: asyncio.Event | None = None, st
         stack.push_async_callback(close_nats, nc)
         recorder = Recorder(settings, pool, nc)
         await ensure_streams(recorder.js, settings.subjects, settings.stream_replicas)
+        sub = await recorder.subscribe()
         watchdog = Watchdog(settings, pool, recorder.js)
         watching = asyncio.create_task(watchdog.run(stopping), name="watchdog")
         log.info("recorder ready", consumer=settings.recorder_consumer, stream=settings.stream)
         if ready:
             ready.set()
         try:
-            await recorder.consume(stopping)
+            await recorder.consume(stopping, sub)
         finally:
             stopping.set()
             await watching
