@@ -17,7 +17,7 @@ async def test_fifty_concurrent_runs_from_three_worker_processes_get_fifty_names
     services, worker_processes, js, subjects, recorder_settings, db
 ):
     workers = [
-        worker_processes(JOBLOG_WORKER_ID=f"w{i}", JOBLOG_JOB_CONCURRENCY='{"purge_closed_orders": 50}', JOBLOG_WORKER_MAX_RUNS="20")
+        worker_processes(JOBLOG_WORKER_ID=f"w{i}", JOBLOG_JOB_CONCURRENCY='{"purge_closed_orders": 50}', JOBLOG_WORKER_MAX_RUNS="6")
         for i in (1, 2, 3)
     ]
     await services(run_recorder, recorder_settings)
@@ -31,6 +31,7 @@ async def test_fifty_concurrent_runs_from_three_worker_processes_get_fifty_names
     assert len(runs) == 50
     assert len({r["name"] for r in runs}) == 50
     assert all(re.fullmatch(r"\d{14}(-\d+)?", r["name"]) for r in runs)
+    assert any("-" in r["name"] for r in runs), "runs started in the same second share a base name"
     assert {r["requested_by"] for r in runs} == {f"t{i}" for i in range(50)}
     assert {r["status"] for r in runs} == {"success"}
     for run in runs:
