@@ -36,11 +36,11 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def shoot(page: Page, artifacts: Path, name: str) -> None:
-    """A full-page screenshot at desktop width, then at phone width."""
+    """A full-page screenshot at desktop width, then the first screen at phone width."""
     await page.set_viewport_size(DESKTOP)
     await page.screenshot(path=artifacts / f"{name}-desktop.png", full_page=True)
     await page.set_viewport_size(PHONE)
-    await page.screenshot(path=artifacts / f"{name}-phone.png", full_page=True)
+    await page.screenshot(path=artifacts / f"{name}-phone.png")
     await page.set_viewport_size(DESKTOP)
 
 
@@ -54,7 +54,7 @@ async def test_run_now_shows_a_new_run_going_from_processing_to_success_without_
     write_csv(source, list(generate_orders(3000)))
     # Small batches and frequent progress make "processing" last long enough to see.
     await services(run_recorder, recorder_settings)
-    await services(run_worker, make_worker_settings(orders_csv_path=source, sync_batch_size=25, sync_progress_interval=0.05))
+    await services(run_worker, make_worker_settings(orders_csv_path=source, sync_batch_size=20, sync_progress_interval=0.05))
     base = str(client.make_url("/"))
     context = await browser.new_context(viewport=DESKTOP, base_url=base.rstrip("/"))
     index, monitor = await context.new_page(), await context.new_page()
