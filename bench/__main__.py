@@ -1,0 +1,76 @@
+"""`make bench`: run every benchmark (or those named) and write the results table to docs/performance.md.
+
+    .venv/bin/python -m bench                        # all, at JOBLOG_BENCH_SCALE (default 1)
+    .venv/bin/python -m bench recorder_throughput    # one; prints its row, leaves the docs alone
+    .venv/bin/python -m bench --no-write web         # never touch the docs
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from bench.common import Result, Servers, scale
+
+Benchmark = Callable[[Servers], Awaitable[tuple[list[Result], dict[str, float]]]]
+
+
+def benchmarks() -> dict[str, Benchmark]:
+    from bench import recorder
+
+    return {
+        "recorder_throughput": recorder.recorder_throughput,
+        "recorder_lag": recorder.recorder_lag,
+
+
+
+    }
+
+
+def main() -> int:
+    known = benchmarks()
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", choices=[*known, []], metavar="NAME", help=f"any of: {', '.join(known)}")
+    parser.add_argument("--no-write", action="store_true", help="do not write docs/performance.md")
+    args = parser.parse_args()
+    chosen = args.names or list(known)
+    results: list[Result] = []
+    rss: dict[str, float] = {}
+    started = time.monotonic()
+    with Servers() as servers:
+        print(f"servers: {servers.where}; scale {scale()}", flush=True)
+        for name in chosen:
+            print(f"== {name}", flush=True)
+            t0 = time.monotonic()
+            try:
+                rows, peaks = asyncio.run(known[name](servers))
+            except Exception as error:  # one broken benchmark must not hide the others' figures
+                import traceback
+
+                traceback.print_exc()
+                rows, peaks = [Result(name, "failed", "-", "-", "-", False, f".venv/bin/python -m bench {name}",
+                                      [f"{type(error).__name__}: {error}"[:300]])], {}
+            for row in rows:
+                print(f"   {row.benchmark}: {row.figure} | limit {row.limit} | ratio {row.ratio} | target {row.target} | met {row.verdict}")
+                for note in row.notes:
+                    print(f"     {note}")
+            for service, mb in peaks.items():
+                print(f"   peak RSS {service}: {mb:.0f} MB")
+            print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+            results.extend(rows)
+            rss.update(peaks)
+    from bench.report import memory_result, write_report
+
+    if rss:
+        results.append(memory_result(rss))
+        print(f"   {results[-1].benchmark}: {results[-1].figure} | met {results[-1].verdict}")
+    if not args.no_write and not args.names:
+        path = write_report(results, time.monotonic() - started)
+        print(f"wrote {path}")
+    return 0 if all(r.met is not False for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Recorder benchmarks: throughput against a raw pull-and-ack consumer, and projection lag at 2,000 events/s.
+
+    .venv/bin/python -m bench recorder_throughput recorder_lag
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from bench.common import (
+    delete_streams,
+    Result,
+    Servers,
+    median,
+    peak_rss_mb,
+    percentile,
+    scale,
+    scratch,
+    service_env,
+    service_process,
+    wait_until,
+)
+from services.contracts import RunCreated, RunStarted, RunSucceeded, StepLogged, Subjects
+from services.contracts.subjects import ensure_streams
+
+STEPS_PER_RUN = 16  # plus created, started, succeeded: 19 events a run
+PUBLISH_WINDOW = 2000  # publish acks outstanding at once
+
+
+def run_events(subjects: Subjects, index: int, start: datetime) -> Iterator[tuple[str, str, bytes]]:
+    """One realistic sync run as (subject, event_id, JSON): created, started, 16 steps (some updating a
+    progress detail in place), succeeded."""
+    run_id = uuid.uuid4()
+    name = (start + timedelta(seconds=index)).strftime("%Y%m%d%H%M%S")
+    common = {"run_id": run_id, "name": name, "job": "sync_open_orders"}
+    at = start + timedelta(seconds=index)
+    events: list = [
+        RunCreated(**common, seq=1, occurred_at=at, trigger="schedule", worker_id="bench-worker"),
+        RunStarted(**common, seq=2, occurred_at=at, worker_id="bench-worker", host="bench-host", pid=4242),
+    ]
+    for step in range(STEPS_PER_RUN):
+        key = "progress" if 4 <= step < 12 else f"step-{step}"  # progress updates one detail in place
+        events.append(StepLogged(**common, seq=3 + step, occurred_at=at, key=key,
+                                 message=f"Upserted {step * 2500} of 40000 orders ({step * 6}%)",
+                                 data={"done": step * 2500, "total": 40000} if key == "progress" else None))
+    events.append(RunSucceeded(**common, seq=3 + STEPS_PER_RUN, occurred_at=at,
+                               stats={"fetched": 40000, "inserted": 12, "updated": 340, "closed": 3}, duration_ms=900))
+    for event in events:
+        yield subjects.for_event(event), str(event.event_id), event.model_dump_json().encode()
+
+
+def build_events(subjects: Subjects, total: int) -> tuple[list[tuple[str, str, bytes]], int, int]:
+    """About total events as whole runs: (messages, runs, distinct details)."""
+    runs = max(1, total // (STEPS_PER_RUN + 3))
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    messages = [m for i in range(runs) for m in run_events(subjects, i, start)]
+    details = runs * len({"progress" if 4 <= s < 12 else f"step-{s}" for s in range(STEPS_PER_RUN)})
+    return messages, runs, details
+
+
+async def publish_all(js, messages: list[tuple[str, str, bytes]]) -> float:  # type: ignore[no-untyped-def]
+    """Publish with a bounded window of outstanding acks; returns events/s."""
+    started = time.perf_counter()
+    for first in range(0, len(messages), PUBLISH_WINDOW):
+        futures = [await js.publish_async(s, p, headers={"Nats-Msg-Id": i}) for s, i, p in messages[first:first + PUBLISH_WINDOW]]
+        await asyncio.gather(*futures)
+    return len(messages) / (time.perf_counter() - started)
+
+
+async def raw_pull_and_ack(js, stream: str, subject: str, total: int, batch: int) -> float:  # type: ignore[no-untyped-def]
+    """The limit for a consumer: fetch batches and ack every message, doing nothing else. Events/s."""
+    sub = await js.pull_subscribe(
+        subject, durable="bench_raw", stream=stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, max_ack_pending=50_000),
+    )
+    seen = 0
+    started = time.perf_counter()
+    while seen < total:
+        try:
+            messages = await sub.fetch(batch, timeout=1)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
+        for message in messages:
+            await message.ack()
+        seen += len(messages)
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return seen / elapsed
+
+
+async def applied(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT COALESCE(sum(applied_events), 0)::bigint FROM projection_state") or 0
+
+
+async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str, float]]:
+    """Benchmark 1, plus the recorder's peak RSS under it."""
+    total = int(200_000 * scale())
+    batch = 500
+    async with scratch(servers, "rec") as (dsn, stream, prefix):
+        subjects = Subjects(prefix=prefix, stream=stream)
+        messages, runs, details = build_events(subjects, total)
+        nc = await nats.connect(servers.nats_url)
+        conn = await asyncpg.connect(dsn)
+        try:
+            js = nc.jetstream(timeout=30)
+            await ensure_streams(js, subjects)
+            publish_rate = await publish_all(js, messages)
+            limit = await raw_pull_and_ack(js, stream, subjects.runs, len(messages), batch)
+            env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_BATCH_SIZE=str(batch))
+            with service_process("recorder", env) as process:
+                # Time from the first committed batch, so the process's start-up is not counted.
+                await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
+                first_at, first = time.perf_counter(), await applied(conn)
+                done = await wait_until(lambda: _reached(conn, len(messages)), timeout=600, interval=0.02)
+                elapsed = time.perf_counter() - first_at
+                rss = peak_rss_mb(process.pid)
+                final = await applied(conn)
+            rate = (final - first) / elapsed if elapsed > 0 else 0.0
+            rows = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
+                                       " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
+        finally:
+            await conn.close()
+            await nc.close()
+    complete = done and rows["runs"] == runs and rows["details"] == details and rows["ok"] == runs
+    ratio = rate / limit if limit else 0.0
+    result = Result(
+        "1. Recorder throughput", f"{rate:,.0f} events/s", f"{limit:,.0f} events/s (raw pull+ack, batch {batch})",
+        f"{ratio:.2f}", ">= 0.7 and >= 20,000 events/s", ratio >= 0.7 and rate >= 20_000 and complete,
+        "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_throughput",
+        [f"{len(messages):,} events ({runs:,} runs, {details:,} details); publish rate {publish_rate:,.0f} events/s; "
+         f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)"],
+    )
+    return [result], {"recorder (throughput)": rss}
+
+
+async def _positive(conn: asyncpg.Connection) -> bool:
+    return await applied(conn) > 0
+
+
+async def _reached(conn: asyncpg.Connection, total: int) -> bool:
+    return await applied(conn) >= total
+
+
+class Watcher(threading.Thread):
+    """Polls each run's last_seq every ~2 ms on its own loop and connection; an event becomes visible
+    when its run's last_seq reaches its seq (written in the same transaction as its detail)."""
+
+    def __init__(self, dsn: str, run_ids: list[uuid.UUID], sent: dict[tuple[int, int], float]) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.run_ids, self.sent = dsn, run_ids, sent
+        self.lags: list[float] = []
+        self.stop = threading.Event()
+        self.poll_ms: list[float] = []
+
+    def run(self) -> None:
+        asyncio.run(self._watch())
+
+    async def _watch(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        seen = [0] * len(self.run_ids)
+        index = {run_id: i for i, run_id in enumerate(self.run_ids)}
+        query = await conn.prepare("SELECT id, last_seq FROM job_logs WHERE id = ANY($1::uuid[])")
+        try:
+            while not self.stop.is_set():
+                before = time.time()
+                rows = await query.fetch(self.run_ids)
+                now = time.time()
+                self.poll_ms.append((now - before) * 1000)
+                for row in rows:
+                    i = index[row["id"]]
+                    for seq in range(seen[i] + 1, row["last_seq"] + 1):
+                        sent_at = self.sent.get((i, seq))
+                        if sent_at is not None:
+                            self.lags.append((now - sent_at) * 1000)
+                    seen[i] = max(seen[i], row["last_seq"])
+                await asyncio.sleep(0.002)
+        finally:
+            await conn.close()
+
+
+async def steady_publish(js, subjects: Subjects, run_ids: list[uuid.UUID], rate: int, seconds: float,  # type: ignore[no-untyped-def]
+                         sent: dict[tuple[int, int], float], start_seq: int) -> int:
+    """Publish step events round-robin over the runs at a steady rate, in 5 ms ticks; occurred_at is
+    the moment each is built. Returns how many were sent."""
+    tick = 0.005
+    per_tick = max(1, round(rate * tick))
+    count, pending = 0, []
+    began = time.perf_counter()
+    name_of = {i: (datetime(2025, 6, 1, tzinfo=timezone.utc) + timedelta(seconds=i)).strftime("%Y%m%d%H%M%S") for i in range(len(run_ids))}
+    seqs = [start_seq] * len(run_ids)
+    while time.perf_counter() - began < seconds:
+        for _ in range(per_tick):
+            i = count % len(run_ids)
+            seqs[i] += 1
+            event = StepLogged(run_id=run_ids[i], name=name_of[i], job="sync_open_orders", seq=seqs[i],
+                               key=f"step-{seqs[i]}", message=f"Upserted {seqs[i] * 100} orders")
+            sent[(i, seqs[i])] = event.occurred_at.timestamp()
+            pending.append(await js.publish_async(subjects.for_event(event), event.model_dump_json().encode(),
+                                                  headers={"Nats-Msg-Id": str(event.event_id)}))
+            count += 1
+        next_at = began + (count / per_tick) * tick
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        if len(pending) > 1000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    return count
+
+
+async def raw_round_trip(js, subjects: Subjects, rate: int, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
+    """The limit: the same steady publishing, consumed by a push consumer that acks; ms from occurred_at to receipt."""
+    lags: list[float] = []
+
+    async def received(message) -> None:  # type: ignore[no-untyped-def]
+        now = time.time()
+        occurred = _occurred(message.data)
+        lags.append((now - occurred) * 1000)
+        await message.ack()
+
+    sub = await js.subscribe(subjects.runs, stream=subjects.stream, cb=received, manual_ack=True,
+                             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW))
+    run_ids = [uuid.uuid4() for _ in range(20)]
+    await steady_publish(js, subjects, run_ids, rate, seconds, {}, 2)
+    await asyncio.sleep(0.5)
+    await sub.unsubscribe()
+    return lags
+
+
+def _occurred(payload: bytes) -> float:
+    import json
+
+    return datetime.fromisoformat(json.loads(payload)["occurred_at"].replace("Z", "+00:00")).timestamp()
+
+
+async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]]:
+    """Benchmark 2: projection lag at a steady 2,000 events/s, against a raw publish->consume round trip."""
+    rate, seconds = 2000, 15.0 if scale() >= 1 else 8.0
+    async with scratch(servers, "lag") as (dsn, stream, prefix):
+        subjects = Subjects(prefix=prefix, stream=stream)
+        nc = await nats.connect(servers.nats_url)
+        try:
+            js = nc.jetstream(timeout=30)
+            await ensure_streams(js, subjects)
+            # The limit runs on a stream of its own, so its events never reach the recorder.
+            raw = Subjects(prefix=f"{prefix}raw", stream=f"{stream}_RAW")
+            await ensure_streams(js, raw)
+            try:
+                limit_lags = await raw_round_trip(js, raw, rate, seconds)
+            finally:
+                await delete_streams(servers.nats_url, raw.stream)
+            # Twenty runs in progress (created and started), then a steady stream of their steps.
+            run_ids = [uuid.uuid4() for _ in range(20)]
+            start = datetime(2025, 6, 1, tzinfo=timezone.utc)
+            for i, run_id in enumerate(run_ids):
+                common = {"run_id": run_id, "name": (start + timedelta(seconds=i)).strftime("%Y%m%d%H%M%S"), "job": "sync_open_orders"}
+                for event in (RunCreated(**common, seq=1, worker_id="bench-worker"),
+                              RunStarted(**common, seq=2, worker_id="bench-worker", host="bench-host", pid=1)):
+                    await js.publish(subjects.for_event(event), event.model_dump_json().encode())
+            env = service_env(servers.nats_url, dsn, stream, prefix)
+            with service_process("recorder", env) as process:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    await wait_until(lambda: _reached(conn, 40), timeout=60, interval=0.02)
+                finally:
+                    await conn.close()
+                sent: dict[tuple[int, int], float] = {}
+                watcher = Watcher(dsn, run_ids, sent)
+                watcher.start()
+                count = await steady_publish(js, subjects, run_ids, rate, seconds, sent, 2)
+                deadline = time.monotonic() + 30
+                while len(watcher.lags) < count and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                watcher.stop.set()
+                await asyncio.to_thread(watcher.join, 5)
+                rss = peak_rss_mb(process.pid)
+        finally:
+            await nc.close()
+    lags = watcher.lags
+    p50, p99, limit_p50, limit_p99 = percentile(lags, 50), percentile(lags, 99), percentile(limit_lags, 50), percentile(limit_lags, 99)
+    result = Result(
+        "2. Projection lag", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", f"raw publish->consume p50 {limit_p50:.1f} ms, p99 {limit_p99:.1f} ms",
+        f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 50 ms", p99 < 50 and len(lags) >= count,
+        "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_lag",
+        [f"{count:,} step events at {rate:,}/s for {seconds:.0f} s over 20 runs; {len(lags):,} seen visible; "
+         f"visibility polled every ~2 ms (poll query median {median(watcher.poll_ms):.1f} ms, part of the figure); "
+         f"max {max(lags or [0]):.0f} ms"],
+    )
+    return [result], {"recorder (lag)": rss}

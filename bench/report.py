@@ -1,0 +1,96 @@
+"""docs/performance.md: the results table, the machine, and the commands (the analysis section is kept)."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.common import ROOT, Result, scale
+
+DOC = ROOT / "docs" / "performance.md"
+TABLE_START, TABLE_END = "<!-- bench:results -->", "<!-- /bench:results -->"
+
+
+def memory_result(rss: dict[str, float]) -> Result:
+    worst = max(rss.values())
+    return Result(
+        "6. Memory (peak RSS, VmHWM)", ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()), "-", "-",
+        "< 150 MB each", worst < 150, "measured in the runs above (/proc/<pid>/status VmHWM of each service process)",
+    )
+
+
+def _version(args: list[str]) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except Exception:
+        return "?"
+
+
+def machine() -> list[str]:
+    from importlib.metadata import version
+
+    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    from bench.common import MACHINE_POSTGRES
+
+    return [
+        f"- CPU: {os.cpu_count()} cores ({cpu}); memory {mem_kb / 1024 / 1024:.1f} GiB; {platform.platform()}",
+        f"- Python {sys.version.split()[0]}; aiohttp {version('aiohttp')}, asyncpg {version('asyncpg')}, "
+        f"nats-py {version('nats-py')}, pydantic {version('pydantic')}",
+        f"- {_version(['psql', '--version'])} server; {_version(['nats-server', '--version']) if False else _nats_version()}; {_version(['wrk', '-v']) or 'wrk'}",
+        f"- Servers: {os.environ.get('JOBLOG_BENCH_DATABASE_URL') or MACHINE_POSTGRES}, "
+        f"{os.environ.get('JOBLOG_BENCH_NATS_URL') or 'nats://127.0.0.1:4222'} (the machine's, shared with nothing else during the run)",
+    ]
+
+
+def _nats_version() -> str:
+    try:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen("http://127.0.0.1:8222/varz", timeout=2) as r:
+            return f"nats-server {json.load(r)['version']}"
+    except Exception:
+        return "nats-server (version: see `nats-server --version`)"
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| Benchmark | Figure | Limit (same run) | Ratio | Target | Met? |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.benchmark} | {r.figure} | {r.limit} | {r.ratio} | {r.target} | {r.verdict} |")
+    lines.append("")
+    lines.append("Notes and the command that reproduces each figure:")
+    lines.append("")
+    for r in results:
+        lines.append(f"- **{r.benchmark}**: `{r.command}`" + "".join(f"\n  - {n}" for n in r.notes))
+    return "\n".join(lines)
+
+
+def write_report(results: list[Result], seconds: float) -> Path:
+    """Replace the generated block of docs/performance.md; everything outside the markers is hand-written."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    block = "\n".join([
+        TABLE_START,
+        f"Measured {stamp} at commit {commit} by `JOBLOG_BENCH_SCALE={scale():g} make bench` ({seconds / 60:.0f} min), "
+        f"scale {scale():g}.",
+        "",
+        table(results),
+        "",
+        "Machine:",
+        "",
+        *machine(),
+        TABLE_END,
+    ])
+    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{TABLE_START}\n{TABLE_END}\n"
+    if TABLE_START in text and TABLE_END in text:
+        text = re.sub(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), lambda _: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
+    return DOC
