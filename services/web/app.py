@@ -104,8 +104,17 @@ def create_app(settings: WebSettings) -> web.Application:
     return app
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 def serve(settings: WebSettings) -> None:
-    """Serve until SIGTERM/SIGINT."""
+    """Serve until SIGTERM/SIGINT; without a password only on the loopback address."""
+    if not settings.auth_enabled:
+        if settings.web_host not in LOOPBACK:
+            log.error("refusing to serve without a password on a public address", host=settings.web_host,
+                      fix="set JOBLOG_ADMIN_PASSWORD or JOBLOG_ADMIN_PASSWORD_HASH, or JOBLOG_WEB_HOST=127.0.0.1")
+            raise SystemExit(2)
+        log.warning("web is open: no JOBLOG_ADMIN_PASSWORD set, listening on the loopback address only")
     log.info("web listening", url=f"http://{settings.web_host}:{settings.web_port}")
     web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, print=None, access_log=None)
     log.info("web stopped")

@@ -82,3 +82,49 @@ async def test_health_endpoints(client):
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200 and (await ready.json()) == {"status": "ready", "postgres": True, "nats": True}
+
+
+async def test_a_long_run_shows_its_first_messages_and_loads_the_rest_a_page_at_a_time(client, project):
+    from services.contracts import StepLogged
+
+    events = run_events(name="20261129083000", steps=0, updates=0)
+    run_id = events[0].run_id
+    steps = [
+        StepLogged(run_id=run_id, name="20261129083000", job="sync_open_orders", seq=3 + i, occurred_at=T0,
+                   key=f"row-{i}", message=f"Row {i} checked")
+        for i in range(1100)
+    ]
+    await project(events[:2] + steps)
+
+    first = await (await client.get("/runs/20261129083000")).text()
+    second = await (await client.get("/runs/20261129083000", params={"after": "502"})).text()
+    last = await (await client.get("/runs/20261129083000", params={"after": "1002"})).text()
+
+    assert first.count('class="detail ') == 500 and "Row 499 checked" in first and "Row 500 checked" not in first
+    assert 'href="/runs/20261129083000?after=502" data-load-more' in first
+    assert "Showing 500 of 1,100 messages" in first
+    assert second.count('class="detail ') == 500 and "Row 500 checked" in second
+    assert last.count('class="detail ') == 100 and "data-load-more" not in last and "Row 1099 checked" in last
+
+
+async def test_the_monitor_shows_jobs_with_schedule_and_workers_with_their_runs(client, js, subjects, project):
+    from services.contracts import JobDescription, WorkerHeartbeat
+    from services.contracts.events import utcnow
+    from tests.conftest import eventually
+
+    events = run_events(name="20261129083000", steps=1, updates=0)
+    await project(events[:2])
+    beat = WorkerHeartbeat(
+        worker_id="w1", host="host-a", pid=101, started_at=utcnow(), running=[events[0].run_id],
+        jobs=[JobDescription(name="sync_open_orders", title="SyncOpenOrdersJob", schedule="every 15m")],
+    )
+    await js.publish(subjects.for_heartbeat("w1"), beat.model_dump_json().encode())
+
+    async def monitor_page() -> str | None:
+        html = await (await client.get("/monitor")).text()
+        return html if "host-a" in html else None
+
+    html = await eventually(monitor_page)
+    assert "SyncOpenOrdersJob" in html and "every 15m" in html and "next 20" in html
+    assert 'Running\n        <a class="mono" href="/runs/20261129083000">20261129083000</a>' in html
+    assert "▶ Run now" in html and "Pending events" in html and "Dead letters" in html

@@ -115,3 +115,10 @@ async def test_bad_posts_are_4xx(client):
     assert (await client.post("/", data={})).status == 405
     huge = await client.post("/retention", data={"before": "x" * 200_000})
     assert huge.status == 413
+
+
+def test_without_a_password_the_web_only_serves_on_the_loopback_address(web_settings):
+    from services.web.app import serve
+
+    with pytest.raises(SystemExit):
+        serve(web_settings.model_copy(update={"web_host": "0.0.0.0"}))
