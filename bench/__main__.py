@@ -18,14 +18,14 @@ Benchmark = Callable[[Servers], Awaitable[tuple[list[Result], dict[str, float]]]
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    from bench import recorder
+    from bench import recorder, sync, web, worker
 
     return {
         "recorder_throughput": recorder.recorder_throughput,
         "recorder_lag": recorder.recorder_lag,
-
-
-
+        "web": web.web,
+        "sync": sync.sync,
+        "worker_overhead": worker.worker_overhead,
     }
 
 

@@ -1,0 +1,117 @@
+"""Web benchmark: index and run detail pages over 1M runs / 20M details, under wrk, against hello-world.
+
+The web runs as its own process (`python -m joblog web`), so the load generator does not share its
+core; wrk (Debian package) uses one thread and a fixed number of connections for a fixed time, and
+only ever talks to 127.0.0.1.
+
+    .venv/bin/python -m bench web
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, peak_rss_mb, scale, service_env, service_process
+from bench.web_data import ensure_dataset, run_name
+from joblog.servers import free_port, port_open
+
+CONNECTIONS = 16
+WARMUP_SECONDS = 3
+
+
+def seconds() -> int:
+    return 10 if scale() >= 1 else 5
+
+
+def wrk(url: str, duration: int, script: str | None = None) -> dict[str, float]:
+    """Run wrk (1 thread, CONNECTIONS connections, duration s); requests/s, p50/p99 ms, errors."""
+    args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=duration + 30).stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}  # type: ignore[index]
+    for p in ("50", "99"):
+        match = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(match[1]), match[2]  # type: ignore[index]
+        figures[f"p{p}"] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    figures["errors"] = float(bad[1]) if bad else 0.0
+    figures["errors"] += sum(int(g) for g in errors.groups()) if errors else 0
+    figures["requests"] = float(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    return figures
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+        time.sleep(0.05)
+
+
+def detail_script(runs: int, directory: Path) -> str:
+    """A wrk script asking for 2,000 run pages spread over the whole dataset, at random."""
+    names = [run_name(random.randint(1, runs)) for _ in range(2000)]
+    path = directory / "runs.lua"
+    path.write_text(
+        "names = {" + ",".join(f'"{n}"' for n in names) + "}\n"
+        "request = function()\n  return wrk.format(nil, \"/runs/\" .. names[math.random(#names)])\nend\n"
+    )
+    return str(path)
+
+
+async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
+    if not shutil.which("wrk"):
+        raise RuntimeError("wrk not found: apt-get install -y wrk")
+    dsn, runs, details, built = await ensure_dataset(servers)
+    duration = seconds()
+    figures: dict[str, dict[str, float]] = {}
+    hello_port = free_port()
+    hello = subprocess.Popen([PYTHON, "-m", "bench.hello", str(hello_port)], cwd=ROOT)
+    try:
+        wait_for_port(hello_port)
+        await asyncio.to_thread(wrk, f"http://127.0.0.1:{hello_port}/", WARMUP_SECONDS)
+        figures["hello"] = await asyncio.to_thread(wrk, f"http://127.0.0.1:{hello_port}/", duration)
+        hello_rss = peak_rss_mb(hello.pid)
+    finally:
+        hello.terminate()
+        hello.wait(10)
+    tag = uuid.uuid4().hex[:8]
+    stream, port = f"BENCH_WEB_{tag}", free_port()
+    env = service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port))
+    try:
+        with service_process("web", env) as process, tempfile.TemporaryDirectory() as tmp:
+            wait_for_port(port)
+            script = detail_script(runs, Path(tmp))
+            base = f"http://127.0.0.1:{port}"
+            await asyncio.to_thread(wrk, base + "/", WARMUP_SECONDS)
+            figures["index"] = await asyncio.to_thread(wrk, base + "/", duration)
+            await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
+            figures["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
+            rss = peak_rss_mb(process.pid)
+    finally:
+        await delete_streams(servers.nats_url, stream)
+    limit = figures["hello"]
+    results = []
+    for key, title in (("index", "3a. Web index page `/`"), ("run", "3b. Web run detail page `/runs/{name}`")):
+        f = figures[key]
+        ratio = f["rps"] / limit["rps"]
+        ok = f["p99"] < 25 and ratio >= 0.3 and f["errors"] == 0
+        results.append(Result(
+            title, f"{f['rps']:,.0f} req/s, p50 {f['p50']:.1f} ms, p99 {f['p99']:.1f} ms",
+            f"hello-world {limit['rps']:,.0f} req/s, p99 {limit['p99']:.1f} ms", f"{ratio:.2f}",
+            "p99 < 25 ms and >= 0.3", ok,
+            f"JOBLOG_BENCH_SCALE={scale():g} .venv/bin/python -m bench web",
+            [f"{runs:,} runs, {details:,} details (scale {scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
+             f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
+             f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
+        ))
+    return results, {"web": rss, "hello-world (reference)": hello_rss}
