@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN
 from services.web import db, views
@@ -138,7 +138,7 @@ class Error(_Out):
 def _run(shown: dict[str, Any], model: type[Run] = Run) -> Run:
     """A run as views.present_run shows it."""
     fields = {name: shown.get(name) for name in model.model_fields if name != "url"}
-    return model(**fields, url=f"/runs/{shown['name']}")
+    return model.model_validate({**fields, "url": f"/runs/{shown['name']}"})
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -211,7 +211,7 @@ async def trigger(request: web.Request) -> web.Response:
 
 # OpenAPI -------------------------------------------------------------------------------------------
 
-MODELS = [RunList, RunPage, OrderList, JobList, TriggerAccepted, Error]
+MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, TriggerAccepted, Error]
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -228,9 +228,8 @@ def _ok(model: type[BaseModel], code: str = "200", description: str = "OK") -> d
 
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.1 for /api, with the schemas generated from the response models."""
-    _, definitions = models_json_schema(
-        [(m, "serialization") for m in MODELS] + [(TriggerBody, "validation")], ref_template="#/components/schemas/{model}",
-    )
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "serialization") for m in MODELS]
+    _, definitions = models_json_schema(wanted + [(TriggerBody, "validation")], ref_template="#/components/schemas/{model}")
     name = _param("name", "path", {"type": "string", "pattern": RUN_NAME_PATTERN}, "The run's name.")
     job = _param("job", "path", {"type": "string", "pattern": TOKEN_PATTERN}, "A job id such as sync_open_orders.")
     runs_query = [

@@ -81,3 +81,19 @@ async def test_deleting_runs_older_than_a_date_uses_the_start_of_that_day(client
     for bad in ("yesterday", "2999-01-01", ""):
         assert (await client.post("/retention", data={"before": bad, "confirm": "yes"})).status == 400
     await asyncio.sleep(0)
+
+
+async def test_a_deleted_run_disappears_once_the_recorder_applies_the_deletion(client, js, subjects, services, recorder_settings, db):
+    from services.log_recorder.main import run as run_recorder
+    from tests.conftest import eventually
+    from tests.factories import publish
+
+    await services(run_recorder, recorder_settings)
+    await publish(js, subjects, run_events(name="20261129083000") + run_events(name="20261129083100"))
+    await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM job_logs WHERE status = 'success'"))
+
+    await client.post("/runs/20261129083000/delete", data={"confirm": "yes"})
+
+    await eventually(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM job_logs WHERE name = '20261129083000')"))
+    assert (await client.get("/runs/20261129083000")).status == 404
+    assert (await client.get("/runs/20261129083100")).status == 200

@@ -24,9 +24,9 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    """Headless Chromium from the system (CI installs it with apt)."""
+    """Headless Chromium from the system (CI installs it with apt), shared by this module's tests."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     async with async_playwright() as playwright:
@@ -51,7 +51,7 @@ async def test_run_now_shows_a_new_run_going_from_processing_to_success_without_
     await project(run_events(name="20261129083000", start=T0, fail=True))
     await project(run_events(name="20261129093000", start=T0 + timedelta(hours=1)))
     source = tmp_path / "orders.csv"
-    write_csv(source, list(generate_orders(3000)))
+    write_csv(source, list(generate_orders(4000)))
     # Small batches and frequent progress make "processing" last long enough to see.
     await services(run_recorder, recorder_settings)
     await services(run_worker, make_worker_settings(orders_csv_path=source, sync_batch_size=20, sync_progress_interval=0.05))
@@ -66,6 +66,7 @@ async def test_run_now_shows_a_new_run_going_from_processing_to_success_without_
     assert await rows.nth(0).get_attribute("data-run") == "20261129093000"  # newest first
     await expect(rows.nth(1).locator(".badge")).to_have_text("✕Error")
     await index.evaluate("window.notReloaded = true")
+    await expect(index.locator("html")).to_have_attribute("data-live", "connected")
 
     await monitor.goto("/")
     await monitor.get_by_role("link", name="Jobs Monitor").first.click()
@@ -79,7 +80,7 @@ async def test_run_now_shows_a_new_run_going_from_processing_to_success_without_
     new_row = rows.first
     await expect(rows).to_have_count(3, timeout=15_000)
     await expect(new_row.locator(".badge")).to_have_text("◐Processing", timeout=15_000)
-    await shoot(index, artifacts, "index-live")
+    await index.screenshot(path=artifacts / "index-live-desktop.png")
     await expect(new_row.locator(".badge")).to_have_text("✓Success", timeout=30_000)
     await expect(new_row.locator('[data-field="summary"]')).to_contain_text("imported")
     assert await index.evaluate("window.notReloaded") is True
@@ -119,4 +120,41 @@ async def test_a_failed_run_is_visibly_distinct_and_its_failing_step_highlighted
     traceback = page.locator(".error-box details")
     assert await traceback.get_attribute("open") is None  # folded until asked for
     await shoot(page, artifacts, "run-error")
+    await page.close()
+
+
+async def test_a_run_page_streams_new_messages_and_loads_long_logs_as_you_scroll(
+    browser: Browser, client: Any, project: Any, js: Any, subjects: Any,
+) -> None:
+    from services.contracts import RunSucceeded, StepLogged
+    from tests.factories import publish
+
+    events = run_events(name="20261129083000", steps=0, updates=0)
+    run_id = events[0].run_id
+    common = {"run_id": run_id, "name": "20261129083000", "job": "sync_open_orders", "occurred_at": T0}
+    history = [StepLogged(**common, seq=3 + i, key=f"row-{i}", message=f"Row {i} checked") for i in range(1100)]  # type: ignore[arg-type]
+    await project(events[:2] + history)
+    page = await browser.new_page(viewport=DESKTOP, base_url=str(client.make_url("")).rstrip("/"))
+    await page.goto("/runs/20261129083000")
+    details = page.locator("ol.details > li")
+    await expect(details).to_have_count(500)
+
+    await page.locator("a[data-load-more]").scroll_into_view_if_needed()
+    await expect(details).to_have_count(1000)
+    await page.locator("a[data-load-more]").click()
+    await expect(details).to_have_count(1100)
+    await expect(page.locator("a[data-load-more]")).to_have_count(0)
+
+    await expect(page.locator("html")).to_have_attribute("data-live", "connected")
+    await publish(js, subjects, [
+        StepLogged(**common, seq=2000, key="row-5", message="Row 5 checked again", level="warning"),  # type: ignore[arg-type]
+        StepLogged(**common, seq=2001, key="done", message="All rows checked"),  # type: ignore[arg-type]
+        RunSucceeded(**common, seq=2002, stats={"rows": 1100}, duration_ms=1234),  # type: ignore[arg-type]
+    ])
+    await expect(page.locator('li[data-key="row-5"] .message')).to_have_text("Row 5 checked again")
+    await expect(page.locator('li[data-key="row-5"]')).to_have_class("detail level-warning just-updated")
+    await expect(details.last).to_contain_text("All rows checked")
+    await expect(page.locator('[data-field="badge"] .badge')).to_have_text("✓Success")
+    await expect(page.locator('[data-field="duration"]')).to_have_text("1.2 s")
+    await expect(page.get_by_role("status")).to_contain_text("This run has finished")
     await page.close()

@@ -49,6 +49,9 @@ function advances(element, status) {
 function listen(url, handlers) {
   if (!window.EventSource) return null;
   const source = new EventSource(url);
+  // The server's first event: from now on this page is following (tests and styles use it).
+  source.addEventListener("hello", () => { document.documentElement.dataset.live = "connected"; });
+  source.addEventListener("error", () => { document.documentElement.dataset.live = "reconnecting"; });
   for (const [name, handle] of Object.entries(handlers)) {
     source.addEventListener(name, (message) => handle(JSON.parse(message.data), source));
   }
