@@ -54,9 +54,12 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
     except BadRequest as error:
         return error_response(request, 400, "Bad request", str(error))
     except web.HTTPException as error:
-        if error.status < 400 or error.status == 401:
+        if error.status < 400:
             raise
-        return error_response(request, error.status, error.reason, error.text or error.reason)
+        response = error_response(request, error.status, error.reason, error.text or error.reason)
+        if "WWW-Authenticate" in error.headers:
+            response.headers["WWW-Authenticate"] = error.headers["WWW-Authenticate"]
+        return response
     except Exception:
         log.exception("unhandled error", path=request.path)
         return error_response(request, 500, "Internal error", "Something went wrong; the error was logged.")

@@ -33,7 +33,9 @@ async def test_with_a_password_everything_but_health_needs_it(make_client, setti
         response = await method(path)
         assert response.status == 401, path
         assert response.headers["WWW-Authenticate"].startswith("Basic")
-    assert (await client.get("/", auth=BasicAuth("admin", "wrong"))).status == 401
+    refused = await client.get("/api/runs", auth=BasicAuth("admin", "wrong"))
+    assert refused.status == 401 and (await refused.json())["status"] == 401
+    assert "Content-Security-Policy" in refused.headers
     assert (await client.get("/", auth=BasicAuth("root", "s3cret pass"))).status == 401
     garbage = {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe").decode()}
     assert (await client.get("/", headers=garbage)).status == 401
