@@ -217,7 +217,9 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         await ensure_streams(worker.js, settings.subjects, settings.stream_replicas)
         relay_stop = asyncio.Event()
         relay = asyncio.create_task(worker.relay.run(relay_stop), name="outbox-relay")
-        beats = asyncio.create_task(worker.heartbeat(stopping), name="heartbeat")
+        # Heartbeats go on while running jobs drain after SIGTERM: the worker is not lost yet.
+        beats_stop = asyncio.Event()
+        beats = asyncio.create_task(worker.heartbeat(beats_stop), name="heartbeat")
         schedules = [
             asyncio.create_task(
                 run_schedule(worker.js, settings.subjects, job, parse_schedule(expression), settings.zone, stopping),
@@ -231,6 +233,7 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         await worker.consume_triggers(stopping)
         await asyncio.gather(*schedules)
         await worker.finish()
+        beats_stop.set()
         relay_stop.set()
         worker.relay.wake()
         try:

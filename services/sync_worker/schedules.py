@@ -74,6 +74,7 @@ async def run_schedule(
 ) -> None:
     """Publish one trigger per slot of schedule until stopping is set."""
     last = utcnow()
+    log.info("job scheduled", job=job, schedule=schedule.expression, next_run=schedule.next_after(last, zone).isoformat())
     while not stopping.is_set():
         slot = schedule.next_after(last, zone)
         # Short waits, re-reading the clock: robust to a suspended machine or a clock step.

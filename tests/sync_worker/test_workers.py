@@ -5,7 +5,8 @@ import asyncio
 import json
 import re
 
-from services.contracts import TriggerRequested
+from services.contracts import TriggerRequested, WorkerHeartbeat
+from services.contracts.events import utcnow
 from services.contracts.subjects import publish_trigger
 from services.log_recorder.main import run as run_recorder
 from services.sync_worker.sources.sample import generate_orders
@@ -48,6 +49,7 @@ async def test_sigterm_lets_a_running_sync_finish_within_the_grace_and_takes_no_
     orders_api.gates = {2: asyncio.Event()}
     worker = worker_processes(
         JOBLOG_ORDERS_SOURCE="http", JOBLOG_ORDERS_URL=orders_api.url, JOBLOG_SHUTDOWN_GRACE="30",
+        JOBLOG_WORKER_ID="draining", JOBLOG_HEARTBEAT_INTERVAL="0.2",
     )
     await services(run_recorder, recorder_settings)
     await worker.ready()
@@ -55,8 +57,14 @@ async def test_sigterm_lets_a_running_sync_finish_within_the_grace_and_takes_no_
     await eventually(lambda: _asked_for(orders_api, 2))
 
     worker.terminate()
+    terminated_at = utcnow()
     await asyncio.sleep(0.5)
     await publish_trigger(js, subjects, TriggerRequested(job="purge_closed_orders"))
+    # Still alive while it drains: heartbeats go on, naming the run it finishes.
+    beat = WorkerHeartbeat.model_validate_json(
+        (await js.get_last_msg(subjects.heartbeat_stream, subjects.for_heartbeat("draining"))).data
+    )
+    assert beat.occurred_at > terminated_at and len(beat.running) == 1
     orders_api.gates[2].set()
     assert await worker.exited() == 0
 
