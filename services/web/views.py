@@ -407,14 +407,16 @@ def _actor(request: web.Request) -> str:
     return "admin" if request.app[SETTINGS].auth_enabled else "anonymous"
 
 
-async def _confirmation(request: web.Request, form: Any, question: str, button: str, danger: bool = False) -> web.StreamResponse | None:
+async def _confirmation(
+    request: web.Request, form: Any, question: str, button: str, *, back: str = "/monitor", danger: bool = False,
+) -> web.StreamResponse | None:
     """None when the form was confirmed; else the page that asks (the no-JS path)."""
     if form.get("confirm") == "yes":
         return None
     fields = {k: str(v) for k, v in form.items() if k != "confirm"}
     return aiohttp_jinja2.render_template(
         "confirm.html", request,
-        {"question": question, "button": button, "action": request.path, "fields": fields, "danger": danger},
+        {"question": question, "button": button, "action": request.path, "fields": fields, "danger": danger, "back": back},
     )
 
 
@@ -429,6 +431,7 @@ async def run_now(request: web.Request) -> web.StreamResponse:
         raise BadRequest("retry must name the failed run")
     asking = await _confirmation(
         request, form, f"Retry {job} (run {retry_of})?" if retry_of else f"Run {job} now?", "Retry" if retry_of else "Run now",
+        back=f"/runs/{retry_of}" if retry_of else "/monitor",
     )
     if asking is not None:
         return asking
@@ -452,7 +455,9 @@ async def delete_run(request: web.Request) -> web.StreamResponse:
     """Delete one run (spec: manual retention), as a RunsDeleted event the recorder applies."""
     name = _run_name(request)
     form = await request.post()
-    asking = await _confirmation(request, form, f"Delete run {name} and all its messages?", "Delete run", danger=True)
+    asking = await _confirmation(
+        request, form, f"Delete run {name} and all its messages?", "Delete run", back=f"/runs/{name}", danger=True,
+    )
     if asking is not None:
         return asking
     event = RunsDeleted(names=[name], requested_by=f"web:{_actor(request)}")

@@ -123,6 +123,25 @@ async def test_a_failed_run_is_visibly_distinct_and_its_failing_step_highlighted
     await page.close()
 
 
+async def test_without_javascript_pages_read_the_same_and_actions_ask_on_a_confirmation_page(
+    browser: Browser, client: Any, project: Any, js: Any, subjects: Any, artifacts: Path,
+) -> None:
+    await project(run_events(name="20261129083000", start=T0, fail=True))
+    context = await browser.new_context(viewport=DESKTOP, java_script_enabled=False, base_url=str(client.make_url("")).rstrip("/"))
+    page = await context.new_page()
+
+    await page.goto("/")
+    await expect(page.locator('tr[data-run="20261129083000"] .badge')).to_have_text("✕Error")
+    await page.get_by_role("link", name="20261129083000").click()
+    await page.get_by_role("button", name="Retry").click()
+    await expect(page.locator("h1")).to_have_text("Retry sync_open_orders (run 20261129083000)?")
+    await shoot(page, artifacts, "confirm")
+    await page.get_by_role("button", name="Retry").click()
+    await expect(page.get_by_role("status")).to_contain_text("Triggered sync_open_orders")
+    assert (await js.stream_info(subjects.command_stream)).state.messages == 1
+    await context.close()
+
+
 async def test_a_run_page_streams_new_messages_and_loads_long_logs_as_you_scroll(
     browser: Browser, client: Any, project: Any, js: Any, subjects: Any,
 ) -> None:
