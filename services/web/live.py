@@ -80,6 +80,11 @@ class RunFeed:
         """Subscribe to every run event of this deployment."""
 
         async def on_message(message: Msg) -> None:
+            # Parse only what someone is watching: the stream can carry thousands of events a second.
+            if not self.listeners:
+                return
+            if message.subject.endswith(".step") and all(listener.run_name is None for listener in self.listeners):
+                return
             with contextlib.suppress(ValidationError):
                 self.deliver(parse_event(message.data))
 
