@@ -7,6 +7,7 @@ import random
 import asyncpg
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from services.contracts import RunsDeleted
 from services.log_recorder import db as recorder_db
 from services.log_recorder.main import run as run_recorder
 from services.log_recorder.projection import Batch
@@ -121,3 +122,31 @@ async def test_every_event_twice_and_shuffled_end_to_end_gives_the_in_order_tabl
     assert delivered == await in_order_tables(db, events)
     assert len(delivered["job_logs"]) == 40
     assert sum(1 for r in delivered["job_logs"] if r["status"] == "error") == 10
+
+
+DELETION = RunsDeleted(names=["20261129083001"], requested_by="admin")
+
+
+async def _project_with_deletions(conn: asyncpg.Connection, batches: list[list]) -> dict:  # type: ignore[type-arg]
+    await conn.execute("TRUNCATE job_logs, deleted_runs, run_deletions CASCADE")
+    return await _project(conn, batches)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    order=st.permutations(range(len(ALL_EVENTS) + 1)),
+    duplicates=st.lists(st.integers(0, len(ALL_EVENTS)), max_size=6),
+    cuts=st.lists(st.integers(1, 8), min_size=1, max_size=10),
+)
+async def test_a_deletion_anywhere_among_the_events_deletes_the_same_runs(db, order, duplicates, cuts):
+    events = [*ALL_EVENTS, DELETION]
+    expected = await _project_with_deletions(db, [ALL_EVENTS, [DELETION]])
+    assert [r["name"] for r in expected["job_logs"]] == ["20261129083000"]
+    shuffled = [events[i] for i in order] + [events[i] for i in duplicates]
+    batches, i = [], 0
+    for size in itertools.cycle(cuts):
+        if i >= len(shuffled):
+            break
+        batches.append(shuffled[i : i + size])
+        i += size
+    assert await _project_with_deletions(db, batches) == expected
