@@ -92,6 +92,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             wait_for_port(port)
             script = detail_script(runs, Path(tmp))
             base = f"http://127.0.0.1:{port}"
+            # The app's own floor: a handler that does nothing, behind the same middlewares.
+            await asyncio.to_thread(wrk, base + "/healthz", WARMUP_SECONDS)
+            figures["healthz"] = await asyncio.to_thread(wrk, base + "/healthz", duration)
             await asyncio.to_thread(wrk, base + "/", WARMUP_SECONDS)
             figures["index"] = await asyncio.to_thread(wrk, base + "/", duration)
             await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
@@ -114,4 +117,11 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
              f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
         ))
+    floor = figures["healthz"]
+    results.append(Result(
+        "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",
+        f"hello-world {limit['rps']:,.0f} req/s", f"{floor['rps'] / limit['rps']:.2f}", "-", None,
+        f"JOBLOG_BENCH_SCALE={scale():g} .venv/bin/python -m bench web",
+        ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"],
+    ))
     return results, {"web": rss, "hello-world (reference)": hello_rss}
