@@ -94,6 +94,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     from services.sync_worker.settings import WorkerSettings
 
     settings = load_settings(WorkerSettings)
+    if args.wait:
+        return _trigger_and_wait(settings, args.job)
     try:
         command = asyncio.run(send_trigger(settings, args.job, "cli", requested_by="cli"))
     except UnknownJob as error:
@@ -101,6 +103,27 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         return 2
     print(f"triggered {command.job} (command {command.command_id}); a worker picks it up")
     return 0
+
+
+def _trigger_and_wait(settings: CommonSettings, job: str) -> int:
+    """Trigger, then a progress bar until the run ends; the exit code says how it ended."""
+    import getpass
+    import uuid
+
+    from joblog.tail import wait_for_run
+    from services.sync_worker.errors import UnknownJob
+    from services.sync_worker.main import send_trigger
+    from services.sync_worker.jobs import registry
+
+    try:
+        registry.get(job)
+    except UnknownJob as error:
+        print(f"joblog: {error}", file=sys.stderr)
+        return 2
+    # Unique, so we recognise our run among others of the same job; readable in the UI too.
+    requested_by = f"cli:{getpass.getuser()} #{uuid.uuid4().hex[:6]}"
+    return asyncio.run(wait_for_run(settings, job, requested_by,
+                                    lambda: send_trigger(settings, job, "cli", requested_by=requested_by), sys.stdout))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -178,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL; listens on JOBLOG_WEB_HOST:JOBLOG_WEB_PORT.")
     trigger = add("trigger", cmd_trigger, "Trigger a job run", "Needs JOBLOG_NATS_URL; a running worker executes it.")
     trigger.add_argument("job", metavar="JOB", help="job id, e.g. sync_open_orders")
+    trigger.add_argument("--wait", action="store_true",
+                         help="follow the run with a progress bar until it ends; exit 0 on success, 1 on error")
     schema = add("schema", cmd_schema, "Generate the event contract's JSON Schema and AsyncAPI document",
                  "Writes events.schema.json and asyncapi.json from the pydantic models (deterministic); "
                  "needs no server and no JOBLOG_ variable. See docs/events.md.")

@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 from datetime import tzinfo
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 import nats
@@ -86,6 +87,24 @@ def describe(subject: str, payload: bytes, zone: tzinfo) -> str:
         return f"?            {subject} ({kind}: not understood by this version; --json shows it raw)"
 
 
+async def connect(settings: CommonSettings, name: str) -> Any:
+    """A connection that follows NATS through restarts; None (and a message) if there is none at first."""
+
+    async def quiet(error: Exception) -> None:
+        """Reconnecting is normal for a tool that runs for hours; nats-py would print each attempt."""
+
+    try:
+        # max_reconnect_attempts=-1 also retries a refused first connect forever: bound that part.
+        return await asyncio.wait_for(
+            nats.connect(servers=settings.nats_servers, name=name, max_reconnect_attempts=-1,
+                         reconnect_time_wait=0.5, connect_timeout=5, error_cb=quiet),
+            10,
+        )
+    except (OSError, asyncio.TimeoutError, nats.errors.Error):
+        print(f"joblog: cannot reach NATS at {settings.nats_url}", file=sys.stderr)
+        return None
+
+
 async def tail(settings: CommonSettings, text: str | None, *, raw: bool = False, from_start: bool = False,
                count: int | None = None, out: TextIO, stopping: asyncio.Event | None = None) -> int:
     """Print matching events until stopping is set (or count were printed); returns an exit code."""
@@ -94,18 +113,8 @@ async def tail(settings: CommonSettings, text: str | None, *, raw: bool = False,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stopping.set)
-    async def quiet(error: Exception) -> None:
-        """Reconnecting is normal for a tool that runs for hours; nats-py would print each attempt."""
-
-    try:
-        # Keep following through server restarts, but do not wait forever for a first connection.
-        nc = await asyncio.wait_for(
-            nats.connect(servers=settings.nats_servers, name="joblog-tail", max_reconnect_attempts=-1,
-                         reconnect_time_wait=0.5, connect_timeout=5, error_cb=quiet),
-            10,
-        )
-    except (OSError, asyncio.TimeoutError, nats.errors.Error):
-        print(f"joblog tail: cannot reach NATS at {settings.nats_url}", file=sys.stderr)
+    nc = await connect(settings, "joblog-tail")
+    if nc is None:
         return 1
     try:
         js = nc.jetstream(timeout=5)
@@ -136,4 +145,58 @@ async def tail(settings: CommonSettings, text: str | None, *, raw: bool = False,
             await sub.unsubscribe()
         return 0
     finally:
+        await close_nats(nc)
+
+
+def _imported(data: dict[str, Any] | None) -> int | None:
+    """Orders handled so far, from a sync's progress detail (None for other steps)."""
+    if not data or "created" not in data:
+        return None
+    return sum(int(data.get(key, 0)) for key in ("created", "updated", "unchanged", "invalid"))
+
+
+async def wait_for_run(settings: CommonSettings, job: str, requested_by: str, send: Callable[[], Awaitable[Any]],
+                       out: TextIO) -> int:
+    """Send a trigger, then show its run's progress until it ends: 0 on success, 1 on error.
+
+    The run is recognised by requested_by, which the caller makes unique; we subscribe before
+    sending so the run's first event cannot be missed.
+    """
+    from tqdm import tqdm
+
+    nc = await connect(settings, "joblog-trigger-wait")
+    if nc is None:
+        return 1
+    bar = tqdm(desc=f"{job}: waiting for a worker", unit=" orders", file=sys.stderr, disable=None, leave=False)
+    try:
+        sub = await nc.jetstream(timeout=5).subscribe(
+            f"{settings.subjects.prefix}.run.{job}.>", stream=settings.stream, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        await send()
+        run_id = None
+        while True:
+            try:
+                message = await sub.next_msg(timeout=1)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            try:
+                event = parse_event(message.data)
+            except ValidationError:
+                continue  # a type this version does not know
+            if run_id is None and isinstance(event, RunCreated) and event.requested_by == requested_by:
+                run_id = event.run_id
+                bar.set_description_str(f"{job} {event.name}")
+            if event.run_id != run_id:
+                continue
+            if isinstance(event, StepLogged):
+                done = _imported(event.data)
+                if done is not None:
+                    bar.update(done - bar.n)
+            elif isinstance(event, (RunSucceeded, RunFailed)):
+                bar.close()
+                print(format_event(event, settings.zone), file=out, flush=True)
+                return 0 if isinstance(event, RunSucceeded) else 1
+    finally:
+        bar.close()
         await close_nats(nc)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -69,3 +70,28 @@ async def test_health_is_ok_when_nats_the_stream_and_postgres_are_there(js, env)
 
     sick = joblog("health", env={**env, "JOBLOG_NATS_URL": f"nats://127.0.0.1:{free_port()}"})
     assert sick.returncode == 1 and "NATS" in sick.stdout
+
+
+async def trigger_and_wait(env: dict[str, str]) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "joblog", "trigger", "sync_open_orders", "--wait",
+        env={"PATH": os.environ["PATH"], **env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert out, err.decode()
+    return proc.returncode or 0, out.decode().strip().splitlines()[-1]
+
+
+async def test_trigger_wait_follows_the_run_to_its_end_and_exits_with_its_result(services, make_worker_settings, env, tmp_path):
+    from services.sync_worker.main import run as run_worker
+
+    worker = await services(run_worker, make_worker_settings())
+    code, last = await trigger_and_wait(env)
+    assert code == 0
+    assert " sync_open_orders " in last and " succeeded in " in last and "fetched=320" in last
+
+    await worker.stop()
+    await services(run_worker, make_worker_settings(orders_csv_path=tmp_path / "missing.csv"))
+    code, last = await trigger_and_wait(env)
+    assert code == 1
+    assert " failed at step connect: SourceError: " in last and "missing.csv" in last
