@@ -5,8 +5,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from services.contracts.settings import CommonSettings, load_settings
+
+if TYPE_CHECKING:
+    from services.sync_worker.settings import WorkerSettings
 
 
 def _logging(settings: CommonSettings) -> None:
@@ -105,7 +109,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trigger_and_wait(settings: CommonSettings, job: str) -> int:
+def _trigger_and_wait(settings: WorkerSettings, job: str) -> int:
     """Trigger, then a progress bar until the run ends; the exit code says how it ended."""
     import getpass
     import uuid

@@ -14,9 +14,10 @@ from types import TracebackType
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor
 
 
-def _keep(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _keep(_: Any, __: str, event: EventDict) -> EventDict:
     return event
 
 
@@ -27,7 +28,7 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
     renderer = structlog.processors.JSONRenderer(default=str) if json_lines else structlog.dev.ConsoleRenderer(
         colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback,  # no locals: they may hold secrets
     )
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
