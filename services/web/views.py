@@ -78,6 +78,8 @@ def _search(request: web.Request, limit: int = 100) -> str | None:
     value = (request.query.get("q") or "").strip()
     if len(value) > limit:
         raise BadRequest(f"search text is limited to {limit} characters")
+    if any(ord(char) < 32 for char in value):
+        raise BadRequest("search text cannot contain control characters")
     return value or None
 
 

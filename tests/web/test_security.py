@@ -89,6 +89,8 @@ BAD_INPUT = [
     ("/", {"before": "%%%garbage"}),
     ("/", {"before": base64.urlsafe_b64encode(b"1e999|x").decode()}),
     ("/", {"q": "x" * 10_000}),
+    ("/", {"q": "2026\x00"}),
+    ("/api/open_orders", {"q": "a\x00b"}),
     ("/", {"job": "../../etc/passwd"}),
     ("/runs/20261129083000", {"after": "-1"}),
     ("/runs/20261129083000", {"after": "9" * 40}),
