@@ -217,14 +217,17 @@ def docker_engine() -> str | None:
     return None
 
 
-def test_the_real_compose_stack_runs_a_job_and_serves_the_pages(tmp_path: Path):
+def test_the_real_compose_stack_runs_a_job_and_serves_the_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     reason = docker_engine()
     if reason:
         pytest.skip(f"needs a Docker engine to build and run deploy/docker-compose.yml: {reason}")
-    from testcontainers.compose import DockerCompose
-
     import urllib.request
 
+    from testcontainers.compose import DockerCompose
+
+    # Its own project: `down -v` at the end must never touch a real deployment's volumes.
+    project = f"joblog-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)
     web_port = free_port()
     env_file = compose.DEPLOY / ".env"
     created = not env_file.exists()
@@ -232,8 +235,8 @@ def test_the_real_compose_stack_runs_a_job_and_serves_the_pages(tmp_path: Path):
         env_file.write_text(compose.ENV_EXAMPLE.read_text().replace("POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=pgsecret\n")
                             .replace("JOBLOG_ADMIN_PASSWORD=\n", f"JOBLOG_ADMIN_PASSWORD={PASSWORD}\n"))
     overrides = tmp_path / "test.env"
-    overrides.write_text(f"WEB_PUBLISHED_PORT={web_port}\nNATS_PUBLISHED_PORT={free_port()}\nNATS_MONITOR_PORT={free_port()}\n"
-                         + env_file.read_text())
+    overrides.write_text(f"COMPOSE_PROJECT_NAME={project}\nWEB_PUBLISHED_PORT={web_port}\nNATS_PUBLISHED_PORT={free_port()}\n"
+                         f"NATS_MONITOR_PORT={free_port()}\n" + env_file.read_text())
     stack = DockerCompose(compose.DEPLOY, compose_file_name="docker-compose.yml", build=True, wait=True,
                           env_file=str(overrides))
     try:
