@@ -152,3 +152,20 @@ def test_bad_source_and_schedule_settings_name_the_variable():
         with pytest.raises(ValidationError) as caught:
             WorkerSettings(**values)
         assert describe_error(caught.value).startswith(f"invalid setting {variable}:")
+
+
+async def test_an_unreachable_erp_fails_with_a_source_error_that_hides_the_password(make_worker_settings):
+    import pytest
+
+    from joblog.servers import free_port
+    from services.sync_worker.errors import SourceError
+
+    dsn = f"postgresql://reader:s3cret-pw@127.0.0.1:{free_port()}/erp"
+    source = open_source(make_worker_settings(orders_source="postgres", orders_dsn=dsn))
+
+    with pytest.raises(SourceError) as caught:
+        async with source.connect():
+            pass
+
+    assert "cannot connect to ERP database 127.0.0.1" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value) and "s3cret-pw" not in source.description
