@@ -157,7 +157,7 @@ class Recorder:
                     with contextlib.suppress(Exception):
                         await message.in_progress()
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
         for message in messages:
             await message.ack()
         self.applied += batch.events

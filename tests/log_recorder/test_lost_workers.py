@@ -77,7 +77,7 @@ async def test_a_silent_worker_s_run_is_closed_once_as_worker_lost_and_the_slow_
         assert await db.fetchval("SELECT lost_at IS NULL FROM workers WHERE worker_id = 'w-alive'")
 
         # Both recorders judged; JetStream kept one verdict (its msg ids depend only on the run).
-        await asyncio.sleep(2 * TIMEOUT)
+        await asyncio.sleep(TIMEOUT)
         info = await js.stream_info(subjects.stream, subjects_filter=f"{subjects.prefix}.run.*.20261129110000.>")
         assert info.state.subjects == {
             f"{subjects.prefix}.run.sync_open_orders.20261129110000.{kind}": 1

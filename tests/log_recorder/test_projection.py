@@ -72,7 +72,7 @@ async def test_status_never_moves_back(db):
 
 
 async def _project(conn: asyncpg.Connection, batches: list[list]) -> dict:  # type: ignore[type-arg]
-    await conn.execute("TRUNCATE job_logs CASCADE")
+    await conn.execute("DELETE FROM job_logs")  # tiny tables: cheaper than TRUNCATE, details go by cascade
     for events in batches:
         batch = Batch()
         for event in events:
@@ -128,7 +128,7 @@ DELETION = RunsDeleted(names=["20261129083001"], requested_by="admin")
 
 
 async def _project_with_deletions(conn: asyncpg.Connection, batches: list[list]) -> dict:  # type: ignore[type-arg]
-    await conn.execute("TRUNCATE job_logs, deleted_runs, run_deletions CASCADE")
+    await conn.execute("DELETE FROM deleted_runs; DELETE FROM run_deletions")
     return await _project(conn, batches)
 
 
