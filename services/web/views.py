@@ -504,6 +504,7 @@ def live_run(event: RunEvent, zone: ZoneInfo) -> dict[str, Any]:
         "name": event.name, "job": event.job, "status": status, "seq": event.seq,
         "badge": {"label": label, "icon": icon, "css": css},
         "started": format_when(update["started_at"], zone) if "started_at" in update else None,
+        "started_iso": update["started_at"].isoformat() if "started_at" in update else None,
         "created": format_when(update["created_at"], zone) if "created_at" in update else None,
         "finished": format_when(update["finished_at"], zone, millis=True) if "finished_at" in update else None,
         "duration": format_duration(update["duration_ms"]) if update.get("duration_ms") is not None else None,

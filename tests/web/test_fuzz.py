@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.factories import run_events
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXAMPLES = 25
+EXAMPLES = 20
 
 
 def fuzz(base_url: str, document: dict[str, Any]) -> list[str]:

@@ -72,6 +72,7 @@ function liveIndex(table) {
       }
       if (!advances(row, update.status)) return;
       row.dataset.status = update.status;
+      if (update.started_iso) row.dataset.started = update.started_iso;
       row.className = "run-row state-" + update.status + " just-updated";
       setField(row, "badge", badge(update.badge));
       setField(row, "started", update.started);
@@ -107,6 +108,7 @@ function liveRun(head) {
     run(update, source) {
       if (!advances(head, update.status)) return;
       head.dataset.status = update.status;
+      if (update.started_iso) head.dataset.started = update.started_iso;
       setField(head, "badge", badge(update.badge));
       setField(document, "status", update.badge.label);
       setField(document, "finished", update.finished);
@@ -196,6 +198,27 @@ function watchLoadMore() {
     observer.observe(link);
   }
 }
+
+// Durations of processing runs count up (the same format as the server's).
+function formatDuration(ms) {
+  if (ms < 1000) return ms + " ms";
+  const seconds = ms / 1000;
+  if (seconds < 60) return seconds.toFixed(1) + " s";
+  const whole = Math.floor(seconds);
+  const hours = Math.floor(whole / 3600);
+  const minutes = Math.floor((whole % 3600) / 60);
+  const pad = (n) => String(n).padStart(2, "0");
+  return hours ? hours + " h " + pad(minutes) + " min" : minutes + " min " + pad(whole % 60) + " s";
+}
+
+window.setInterval(() => {
+  for (const element of document.querySelectorAll('[data-status="processing"][data-started]')) {
+    const started = Date.parse(element.dataset.started);
+    if (Number.isNaN(started)) continue;
+    const scope = element.matches("tr") ? element : document;
+    setField(scope, "duration", formatDuration(Math.max(0, Date.now() - started)));
+  }
+}, 1000);
 
 const runsTable = document.querySelector("table[data-live-runs]");
 if (runsTable) liveIndex(runsTable);
