@@ -36,6 +36,9 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="do not write docs/performance.md")
     args = parser.parse_args()
     chosen = args.names or list(known)
+    from joblog.logs import configure
+
+    configure("WARNING", "console")  # the in-process jobs' run logs would drown the figures
     results: list[Result] = []
     rss: dict[str, float] = {}
     started = time.monotonic()

@@ -234,6 +234,24 @@ async def raw_round_trip(js, subjects: Subjects, rate: int, seconds: float) -> l
     return lags
 
 
+async def commit_latency(dsn: str, count: int = 300) -> list[float]:
+    """The other floor: ms for a one-row transaction to commit (a WAL flush) on the same Postgres."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE bench_commit_probe (x int)")
+        times = []
+        for _ in range(count):
+            began = time.perf_counter()
+            async with conn.transaction():
+                await conn.execute("INSERT INTO bench_commit_probe VALUES (1)")
+            times.append((time.perf_counter() - began) * 1000)
+            await asyncio.sleep(0.002)
+        await conn.execute("DROP TABLE bench_commit_probe")
+        return times
+    finally:
+        await conn.close()
+
+
 def _occurred(payload: bytes) -> float:
     import json
 
@@ -256,6 +274,7 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
                 limit_lags = await raw_round_trip(js, raw, rate, seconds)
             finally:
                 await delete_streams(servers.nats_url, raw.stream)
+            commits = await commit_latency(dsn)
             # Twenty runs in progress (created and started), then a steady stream of their steps.
             run_ids = [uuid.uuid4() for _ in range(20)]
             start = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -285,8 +304,11 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
             await nc.close()
     lags = watcher.lags
     p50, p99, limit_p50, limit_p99 = percentile(lags, 50), percentile(lags, 99), percentile(limit_lags, 50), percentile(limit_lags, 99)
+    commit_p50, commit_p99 = percentile(commits, 50), percentile(commits, 99)
     result = Result(
-        "2. Projection lag", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", f"raw publish->consume p50 {limit_p50:.1f} ms, p99 {limit_p99:.1f} ms",
+        "2. Projection lag", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+        f"raw publish->consume p50 {limit_p50:.1f} ms, p99 {limit_p99:.1f} ms; "
+        f"a one-row commit alone p50 {commit_p50:.1f} ms, p99 {commit_p99:.1f} ms",
         f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 50 ms", p99 < 50 and len(lags) >= count,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_lag",
         [f"{count:,} step events at {rate:,}/s for {seconds:.0f} s over 20 runs; {len(lags):,} seen visible; "

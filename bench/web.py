@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, peak_rss_mb, scale, service_env, service_process
-from bench.web_data import ensure_dataset, run_name
+from bench.web_data import ensure_dataset, run_name, web_scale
 from joblog.servers import free_port, port_open
 
 CONNECTIONS = 16
@@ -112,8 +112,8 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             title, f"{f['rps']:,.0f} req/s, p50 {f['p50']:.1f} ms, p99 {f['p99']:.1f} ms",
             f"hello-world {limit['rps']:,.0f} req/s, p99 {limit['p99']:.1f} ms", f"{ratio:.2f}",
             "p99 < 25 ms and >= 0.3", ok,
-            f"JOBLOG_BENCH_SCALE={scale():g} .venv/bin/python -m bench web",
-            [f"{runs:,} runs, {details:,} details (scale {scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
+            f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
+            [f"{runs:,} runs, {details:,} details (scale {web_scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
              f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
         ))
@@ -121,7 +121,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     results.append(Result(
         "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",
         f"hello-world {limit['rps']:,.0f} req/s", f"{floor['rps'] / limit['rps']:.2f}", "-", None,
-        f"JOBLOG_BENCH_SCALE={scale():g} .venv/bin/python -m bench web",
+        f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
         ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"],
     ))
     return results, {"web": rss, "hello-world (reference)": hello_rss}

@@ -6,10 +6,12 @@ row (with a count check) says what is in it. The indexes of job_log_details are 
 load and rebuilt after, which is several times faster than maintaining them row by row.
 
     .venv/bin/python -m bench.web_data            # build (or confirm) the cached dataset
+    JOBLOG_BENCH_WEB_SCALE=0.1 ...                # 100k runs / 2M details, in joblog_bench_web_0_1
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import datetime, timezone
 
@@ -70,8 +72,18 @@ def run_name(i: int) -> str:
     return (BASE + timedelta(seconds=i)).strftime("%Y%m%d%H%M%S")
 
 
+def web_scale() -> float:
+    """JOBLOG_BENCH_WEB_SCALE if set, else JOBLOG_BENCH_SCALE."""
+    return float(os.environ.get("JOBLOG_BENCH_WEB_SCALE") or scale())
+
+
+def database() -> str:
+    """joblog_bench_web at full size; a quicker scale gets its own, so it never wipes the big one."""
+    return DATABASE if web_scale() == 1 else f"{DATABASE}_{str(web_scale()).replace('.', '_')}"
+
+
 def sizes() -> tuple[int, int]:
-    runs = max(1000, int(RUNS_AT_SCALE_1 * scale()))
+    runs = max(1000, int(RUNS_AT_SCALE_1 * web_scale()))
     return runs, runs * DETAILS_PER_RUN
 
 
@@ -92,11 +104,12 @@ async def cached(conn: asyncpg.Connection, runs: int, details: int) -> bool:
 async def ensure_dataset(servers: Servers, progress=print) -> tuple[str, int, int, float]:  # type: ignore[no-untyped-def]
     """The DSN of the cached dataset, building it if needed: (dsn, runs, details, build seconds or 0)."""
     runs, details = sizes()
-    dsn = servers.dsn(DATABASE)
+    name = database()
+    dsn = servers.dsn(name)
     admin = await asyncpg.connect(servers.admin_dsn)
     try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE):
-            await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     conn = await asyncpg.connect(dsn, command_timeout=None)
@@ -105,7 +118,7 @@ async def ensure_dataset(servers: Servers, progress=print) -> tuple[str, int, in
         if await cached(conn, runs, details):
             return dsn, runs, details, 0.0
         started = time.monotonic()
-        progress(f"building {DATABASE}: {runs:,} runs, {details:,} details (once; cached after)")
+        progress(f"building {name}: {runs:,} runs, {details:,} details (once; cached after)")
         await conn.execute("SET synchronous_commit = off; SET maintenance_work_mem = '1GB'; "
                            "SET max_parallel_maintenance_workers = 2")
         await conn.execute("DROP TABLE IF EXISTS bench_dataset; TRUNCATE job_logs CASCADE")
