@@ -169,3 +169,21 @@ async def test_an_unreachable_erp_fails_with_a_source_error_that_hides_the_passw
 
     assert "cannot connect to ERP database 127.0.0.1" in str(caught.value)
     assert "s3cret-pw" not in str(caught.value) and "s3cret-pw" not in source.description
+
+
+async def test_a_batch_postgres_refuses_fails_the_run_instead_of_hanging_it(
+    services, orders_api: OrdersApi, make_worker_settings, recorder_settings, db
+):
+    rows = list(generate_orders(100))
+    rows[2]["customer_name"] = "Acme\u0000Industrial"  # valid to pydantic, refused by Postgres text
+    orders_api.pages = paged(rows, 5)
+    settings = make_worker_settings(orders_source="http", orders_url=orders_api.url)
+    await services(run_recorder, recorder_settings)
+    await services(run_worker, settings)
+
+    await send_trigger(settings, "sync_open_orders")
+    [run] = await finished_runs(db, 1)
+
+    assert run["status"] == "error"
+    assert "0x00" in run["error_message"]
+    assert await db.fetchval("SELECT count(*) FROM open_orders") == 0

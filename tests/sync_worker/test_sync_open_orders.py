@@ -114,3 +114,23 @@ async def test_a_large_import_updates_one_progress_detail_in_place(services, mak
     assert progress["seq"] - progress["first_seq"] >= 30
     assert progress["message"].startswith("Imported 3,000 orders (3,000 created")
     assert run["last_seq"] == run["terminal_seq"]
+
+
+async def test_values_the_database_could_not_store_are_invalid_rows_not_a_failed_run(services, make_worker_settings, recorder_settings, db, tmp_path: Path):
+    rows = list(generate_orders(10))
+    rows[3]["line_count"] = "99999999999"
+    rows[5]["total_amount"] = "123456789012345.00"
+    source = tmp_path / "orders.csv"
+    write_csv(source, rows)
+    settings = make_worker_settings(orders_csv_path=source)
+    await services(run_recorder, recorder_settings)
+    await services(run_worker, settings)
+
+    await send_trigger(settings, "sync_open_orders")
+    run = await finished_run(db)
+
+    assert run["status"] == "success"
+    assert json.loads(run["stats"])["invalid"] == 2 and json.loads(run["stats"])["created"] == 8
+    warnings = [d["message"] for d in await details_of(db, run["id"]) if d["level"] == "warning"]
+    assert any("SO-100003" in w and "line_count" in w for w in warnings)
+    assert any("SO-100005" in w and "total_amount" in w for w in warnings)

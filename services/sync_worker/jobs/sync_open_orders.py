@@ -35,7 +35,7 @@ class SourceOrder(BaseModel):
     warehouse: str | None = Field(default=None, max_length=40)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     total_amount: Decimal = Field(ge=0, max_digits=14, decimal_places=2)
-    line_count: int = Field(ge=1)
+    line_count: int = Field(ge=1, le=2_147_483_647)  # the column is a Postgres integer
     updated_at: datetime | None = None
 
     def record(self) -> tuple[Any, ...]:
@@ -89,8 +89,12 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
                             order_number=number, reason=problem,
                         )
                 await ready.put(records)
-        finally:
+        except asyncio.CancelledError:
+            raise  # the importer is gone: nobody would take an end marker from a full queue
+        except BaseException:
             await ready.put(None)
+            raise
+        await ready.put(None)
 
     await ctx.log(f"Connecting to {source.description}", key="connect", source=source.description)
     async with source.connect() as batches:
