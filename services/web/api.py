@@ -153,7 +153,7 @@ async def list_runs(request: web.Request) -> web.Response:
         rows = await db.list_runs(conn, limit=limit + 1, **query)
     more = len(rows) > limit
     rows = rows[:limit]
-    directory = views._directory(request)
+    directory = views.worker_directory(request)
     return _json(RunList(
         runs=[_run(views.present_run(r, directory)) for r in rows], next_cursor=views.encode_cursor(rows[-1]) if more and rows else None,
     ))
@@ -165,7 +165,7 @@ async def get_run(request: web.Request) -> web.Response:
     limit = views.limit_param(request, views.DETAILS_PER_PAGE, 5000)
     run, details, next_after, total = await views.load_run(request, after, limit)
     return _json(RunPage(
-        run=_run(views.present_run(run, views._directory(request)), RunWithTraceback),  # type: ignore[arg-type]
+        run=_run(views.present_run(run, views.worker_directory(request)), RunWithTraceback),  # type: ignore[arg-type]
         details=[_detail(d) for d in details],
         next_after=next_after, total_details=total,
     ))

@@ -53,7 +53,7 @@ def _app_parts(request: web.Request) -> tuple[WebSettings, asyncpg.Pool]:
     return request.app[SETTINGS], request.app[POOL]
 
 
-def _directory(request: web.Request) -> WorkerDirectory:
+def worker_directory(request: web.Request) -> WorkerDirectory:
     return request.app[DIRECTORY]
 
 
@@ -215,7 +215,7 @@ async def index(request: web.Request) -> dict[str, Any]:
         jobs = await db.known_jobs(conn)
     more = len(rows) > settings.page_size
     rows = rows[: settings.page_size]
-    directory = _directory(request)
+    directory = worker_directory(request)
     filters = {k: v for k, v in {"status": query["status"], "job": query["job"], "q": query["search"]}.items() if v}
     return {
         "runs": [present_run(r, directory) for r in rows],
@@ -272,7 +272,7 @@ async def run_detail(request: web.Request) -> dict[str, Any]:
     after = after_param(request)
     run, details, next_after, total = await load_run(request, after, DETAILS_PER_PAGE)
     return {
-        "run": present_run(run, _directory(request)),
+        "run": present_run(run, worker_directory(request)),
         "details": [dict(d) for d in details],
         "total_details": total,
         "after": after,
@@ -331,7 +331,7 @@ def next_slot(schedule: str | None, zone: ZoneInfo, now: datetime | None = None)
 async def load_jobs(request: web.Request) -> list[dict[str, Any]]:
     """Every job the workers describe or that has runs, with its schedule, next slot and latest run."""
     settings, pool = _app_parts(request)
-    directory = _directory(request)
+    directory = worker_directory(request)
     described = {job.name: job for job in directory.jobs()}
     async with pool.acquire() as conn:
         names = sorted(set(described) | set(await db.known_jobs(conn)))
@@ -383,7 +383,7 @@ async def recorder_health(request: web.Request) -> dict[str, Any]:
 async def monitor(request: web.Request) -> dict[str, Any]:
     """The Jobs Monitor: jobs, workers, stalled runs, recorder health."""
     _, pool = _app_parts(request)
-    directory = _directory(request)
+    directory = worker_directory(request)
     jobs = await load_jobs(request)
     online = directory.online()
     running_ids = [run_id for beat in online for run_id in beat.running]
@@ -591,5 +591,5 @@ async def metrics(request: web.Request) -> web.Response:
         registry.redelivered.set(health["consumer"]["redelivered"])
     if health["lag_seconds"] is not None:
         registry.lag.set(health["lag_seconds"])
-    registry.workers.set(len(_directory(request).online()))
+    registry.workers.set(len(worker_directory(request).online()))
     return registry.render()
