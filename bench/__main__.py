@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -42,8 +43,12 @@ def main() -> int:
     results: list[Result] = []
     rss: dict[str, float] = {}
     started = time.monotonic()
+    load_at_start = os.getloadavg()
     with Servers() as servers:
-        print(f"servers: {servers.where}; scale {scale()}", flush=True)
+        from bench.report import server_versions
+
+        versions = asyncio.run(server_versions(servers.nats_url, servers.admin_dsn))
+        print(f"servers: {servers.where}: {versions}; scale {scale()}", flush=True)
         for name in chosen:
             print(f"== {name}", flush=True)
             t0 = time.monotonic()
@@ -70,7 +75,7 @@ def main() -> int:
         results.append(memory_result(rss))
         print(f"   {results[-1].benchmark}: {results[-1].figure} | met {results[-1].verdict}")
     if not args.no_write and not args.names:
-        path = write_report(results, time.monotonic() - started)
+        path = write_report(results, time.monotonic() - started, versions, (load_at_start, os.getloadavg()))
         print(f"wrote {path}")
     return 0 if all(r.met is not False for r in results) else 1
 

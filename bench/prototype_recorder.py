@@ -5,6 +5,8 @@ consume loop that keeps the next batch fetching and reducing while the previous 
 (up to DEPTH transactions in flight), each variant on an emptied projection and a fresh consumer.
 
     .venv/bin/python -m bench.prototype_recorder [events]
+    .venv/bin/python -m bench.prototype_recorder [events] --processes   # 1 vs 2 `joblog recorder` processes
+    .venv/bin/python -m bench.prototype_recorder [events] --acks        # the raw limit: ack each vs one AckAll per batch
 """
 from __future__ import annotations
 
@@ -84,5 +86,76 @@ async def main(total: int) -> None:
                 print(f"{cls.__name__:18} batch {batch:5}: {rate:8,.0f} events/s", flush=True)
 
 
+async def processes(total: int) -> None:
+    """The same events projected by one, then two `python -m joblog recorder` processes sharing the durable consumer."""
+    import contextlib
+
+    from bench.common import service_env, service_process, wait_until
+
+    with Servers() as servers:
+        async with scratch(servers, "procs") as (dsn, stream, prefix):
+            subjects = Subjects(prefix=prefix, stream=stream)
+            messages, _, _ = build_events(subjects, total)
+            nc = await nats.connect(servers.nats_url)
+            js = nc.jetstream(timeout=30)
+            await ensure_streams(js, subjects)
+            await publish_all(js, messages)
+            await nc.close()
+            conn = await asyncpg.connect(dsn)
+            try:
+                for count in (1, 2):
+                    await conn.execute("TRUNCATE job_logs, job_log_details, projection_state CASCADE")
+                    env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_CONSUMER=f"procs{count}")
+                    with contextlib.ExitStack() as stack:
+                        for _ in range(count):
+                            stack.enter_context(service_process("recorder", env))
+                        await wait_until(lambda: _any(conn), timeout=60, interval=0.01)
+                        first, began = await applied(conn), time.perf_counter()
+                        await wait_until(lambda: _all(conn, len(messages)), timeout=600, interval=0.02)
+                        rate = (await applied(conn) - first) / (time.perf_counter() - began)
+                    print(f"{count} recorder process(es): {rate:8,.0f} events/s", flush=True)
+            finally:
+                await conn.close()
+
+
+async def acks(total: int) -> None:
+    """The raw pull consumer's rate when it acks every message (as the recorder does) and with one ack per batch."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    with Servers() as servers:
+        async with scratch(servers, "acks") as (_, stream, prefix):
+            subjects = Subjects(prefix=prefix, stream=stream)
+            messages, _, _ = build_events(subjects, total)
+            nc = await nats.connect(servers.nats_url)
+            try:
+                js = nc.jetstream(timeout=30)
+                await ensure_streams(js, subjects)
+                await publish_all(js, messages)
+                for policy in (AckPolicy.EXPLICIT, AckPolicy.ALL):
+                    sub = await js.pull_subscribe(subjects.runs, durable=f"acks_{policy.value}", stream=stream, config=ConsumerConfig(
+                        ack_policy=policy, deliver_policy=DeliverPolicy.ALL, max_ack_pending=50_000))
+                    seen, began = 0, time.perf_counter()
+                    while seen < len(messages):
+                        batch = await sub.fetch(500, timeout=5)
+                        if policy == AckPolicy.ALL:
+                            await batch[-1].ack()
+                        else:
+                            for message in batch:
+                                await message.ack()
+                        seen += len(batch)
+                    print(f"raw pull, ack {policy.value:8}: {seen / (time.perf_counter() - began):8,.0f} events/s", flush=True)
+            finally:
+                await nc.close()
+
+
+async def _any(conn: asyncpg.Connection) -> bool:
+    return await applied(conn) > 0
+
+
+async def _all(conn: asyncpg.Connection, total: int) -> bool:
+    return await applied(conn) >= total
+
+
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
+    size = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 100_000
+    asyncio.run(processes(size) if "--processes" in sys.argv else acks(size) if "--acks" in sys.argv else main(size))

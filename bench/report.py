@@ -30,7 +30,28 @@ def _version(args: list[str]) -> str:
         return "?"
 
 
-def machine() -> list[str]:
+async def server_versions(nats_url: str, dsn: str) -> str:
+    """What the servers say they are."""
+    import asyncpg
+    import nats
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        postgres = await conn.fetchval("SHOW server_version")
+        settings = {r["name"]: r["setting"] for r in await conn.fetch(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync')")}
+    finally:
+        await conn.close()
+    nc = await nats.connect(nats_url)
+    try:
+        nats_version = nc._server_info.get("version", "?")  # the INFO the server sent on connect
+    finally:
+        await nc.close()
+    return (f"PostgreSQL {postgres} (shared_buffers {int(settings['shared_buffers']) * 8 // 1024} MB, "
+            f"fsync {settings['fsync']}, synchronous_commit {settings['synchronous_commit']}); nats-server {nats_version}")
+
+
+def machine(servers: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
     from importlib.metadata import version
 
     mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
@@ -40,22 +61,12 @@ def machine() -> list[str]:
     return [
         f"- CPU: {os.cpu_count()} cores ({cpu}); memory {mem_kb / 1024 / 1024:.1f} GiB; {platform.platform()}",
         f"- Python {sys.version.split()[0]}; aiohttp {version('aiohttp')}, asyncpg {version('asyncpg')}, "
-        f"nats-py {version('nats-py')}, pydantic {version('pydantic')}",
-        f"- {_version(['psql', '--version'])} server; {_version(['nats-server', '--version']) if False else _nats_version()}; {_version(['wrk', '-v']) or 'wrk'}",
-        f"- Servers: {os.environ.get('JOBLOG_BENCH_DATABASE_URL') or MACHINE_POSTGRES}, "
-        f"{os.environ.get('JOBLOG_BENCH_NATS_URL') or 'nats://127.0.0.1:4222'} (the machine's, shared with nothing else during the run)",
+        f"nats-py {version('nats-py')}, pydantic {version('pydantic')}, jinja2 {version('jinja2')}; {' '.join(_version(['wrk', '-v']).split()[:2])}",
+        f"- Servers: {servers}, at {os.environ.get('JOBLOG_BENCH_DATABASE_URL') or MACHINE_POSTGRES} and "
+        f"{os.environ.get('JOBLOG_BENCH_NATS_URL') or 'nats://127.0.0.1:4222'}, on the same machine",
+        f"- Load average (1/5/15 min) at the start {'/'.join(f'{x:.1f}' for x in load[0])}, at the end "
+        f"{'/'.join(f'{x:.1f}' for x in load[1])}: the machine is shared, other work ran at the same time",
     ]
-
-
-def _nats_version() -> str:
-    try:
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen("http://127.0.0.1:8222/varz", timeout=2) as r:
-            return f"nats-server {json.load(r)['version']}"
-    except Exception:
-        return "nats-server (version: see `nats-server --version`)"
 
 
 def table(results: list[Result]) -> str:
@@ -70,7 +81,7 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[Result], seconds: float) -> Path:
+def write_report(results: list[Result], seconds: float, servers: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> Path:
     """Replace the generated block of docs/performance.md; everything outside the markers is hand-written."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     commit = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
@@ -83,7 +94,7 @@ def write_report(results: list[Result], seconds: float) -> Path:
         "",
         "Machine:",
         "",
-        *machine(),
+        *machine(servers, load),
         TABLE_END,
     ])
     text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{TABLE_START}\n{TABLE_END}\n"
