@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.common import ROOT, Result, scale
+from bench.web_data import web_scale
 
 DOC = ROOT / "docs" / "performance.md"
 TABLE_START, TABLE_END = "<!-- bench:results -->", "<!-- /bench:results -->"
@@ -87,8 +88,9 @@ def write_report(results: list[Result], seconds: float, servers: str, load: tupl
     commit = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     block = "\n".join([
         TABLE_START,
-        f"Measured {stamp} at commit {commit} by `JOBLOG_BENCH_SCALE={scale():g} make bench` ({seconds / 60:.0f} min), "
-        f"scale {scale():g}.",
+        f"Measured {stamp} at commit {commit} by `JOBLOG_BENCH_SCALE={scale():g} make bench` ({seconds / 60:.0f} min): "
+        f"scale {scale():g} for the events and orders, {web_scale():g} for the web dataset "
+        f"({'1,000,000 runs, 20,000,000 details: the full size' if web_scale() == 1 else 'smaller than the issue asks'}).",
         "",
         table(results),
         "",

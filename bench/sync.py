@@ -46,7 +46,7 @@ async def sync(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         ratio <= 3, f".venv/bin/python bench/sync_100k.py --orders {orders}  (JOBLOG_DATABASE_URL=<admin DSN>)",
         [f"{orders:,} orders from CSV, the real job (validate, stage, upsert, close, events to the outbox); NATS not involved",
          f"the same sync in a `python -m joblog worker` process, from trigger to run.succeeded in NATS: {worker_seconds:.1f} s"],
-    )], {"worker (100k sync)": rss}
+    )], {"worker (sync)": rss}
 
 
 async def worker_process_rss(servers: Servers, orders: int) -> tuple[float, float]:
