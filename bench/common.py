@@ -178,6 +178,14 @@ def service_process(subcommand: str, env: dict[str, str]) -> Iterator[subprocess
     """`python -m joblog <subcommand>` as a child; SIGTERM (then kill) on exit."""
     log = open(ROOT / ".joblog" / f"bench-{subcommand}.log", "wb") if (ROOT / ".joblog").is_dir() else subprocess.DEVNULL
     process = subprocess.Popen([PYTHON, "-m", "joblog", subcommand], env=env, cwd=ROOT, stdout=log, stderr=log)
+    spy = None
+    if os.environ.get("JOBLOG_BENCH_PYSPY"):
+        # Profile every service process of the run: collapsed stacks, `python -m bench.profile_web` summarizes them.
+        out = Path(os.environ["JOBLOG_BENCH_PYSPY"]) / f"{subcommand}-{process.pid}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(process.pid), "--format", "raw",
+                                "--output", str(out), "--nonblocking", "--rate", "200"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield process
     finally:
@@ -188,6 +196,8 @@ def service_process(subcommand: str, env: dict[str, str]) -> Iterator[subprocess
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if spy is not None:
+            spy.wait(30)
         if log is not subprocess.DEVNULL:
             log.close()  # type: ignore[union-attr]
 

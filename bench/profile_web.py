@@ -1,6 +1,7 @@
 """Profile the web process under wrk with py-spy (the evidence behind docs/performance.md's analysis).
 
-    .venv/bin/python -m bench.profile_web /            # or /runs/<name>; writes .joblog/bench-profile-web.txt
+    .venv/bin/python -m bench.profile_web /            # or /runs/<name>; writes .joblog/bench-profile-web_*.txt
+    .venv/bin/python -m bench.profile_web FILE         # summarize any py-spy raw profile, e.g. from JOBLOG_BENCH_PYSPY
 """
 from __future__ import annotations
 
@@ -55,5 +56,7 @@ def summarize(raw: Path, top: int = 25) -> str:
 
 
 if __name__ == "__main__":
-    result = asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "/"))
-    print(summarize(result))
+    if len(sys.argv) > 1 and Path(sys.argv[1]).is_file():  # summarize a JOBLOG_BENCH_PYSPY profile
+        print(summarize(Path(sys.argv[1])))
+    else:
+        print(summarize(asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "/"))))
