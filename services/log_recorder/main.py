@@ -32,6 +32,12 @@ TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.Post
              asyncpg.AdminShutdownError, asyncpg.InvalidCachedStatementError, asyncpg.InternalClientError)
 
 
+# A dead letter: subject, raw payload, reason, stream sequence.
+Letter = tuple[str, bytes, str, int | None]
+# A batch of messages reduced: the projection's rows, the dead letters, the highest stream sequence.
+Reduced = tuple[Batch, list[Letter], int]
+
+
 def classify(message: Msg, max_bytes: int, retention_subject: str) -> Any:
     """The event in a message, or raise DeadLetter saying why it can never be applied."""
     if len(message.data) > max_bytes:
@@ -115,18 +121,18 @@ class Recorder:
         return await self.js.pull_subscribe_bind(self.settings.recorder_consumer, stream=self.settings.stream)
 
     async def consume(self, stopping: asyncio.Event, sub: Any = None) -> None:
+        """Fetch and apply batches until stopping; the next batch is fetched and reduced while this one commits."""
         sub = sub or await self.subscribe()
+        prefetched: asyncio.Task[tuple[list[Msg], Reduced]] | None = None
         while not stopping.is_set():
-            try:
-                messages = await sub.fetch(self.settings.recorder_batch_size, timeout=1)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            fetching = prefetched or asyncio.create_task(self.prepare(sub))
+            prefetched = None
+            messages, reduced = await fetching
+            if not messages:
                 continue
-            except Exception as error:
-                log.warning("fetching events failed", error=repr(error))
-                await asyncio.sleep(0.5)
-                continue
+            prefetched = asyncio.create_task(self.prepare(sub))
             try:
-                await self.apply(messages, stopping)
+                await self.apply(messages, stopping, reduced)
             except Exception:
                 # Not a known outage: keep the recorder up, and have the batch delivered again soon.
                 log.exception("applying a batch failed unexpectedly; it will be redelivered")
@@ -134,10 +140,36 @@ class Recorder:
                     with contextlib.suppress(Exception):
                         await message.nak(delay=1)
                 await asyncio.sleep(1)
+        if prefetched is not None:
+            for message in (await prefetched)[0]:  # not applied: let another recorder have them now
+                with contextlib.suppress(Exception):
+                    await message.nak()
 
-    async def apply(self, messages: list[Msg], stopping: asyncio.Event) -> None:
+    async def prepare(self, sub: Any) -> tuple[list[Msg], Reduced]:
+        messages = await self.fetch(sub)
+        return messages, reduce(messages, self.settings)
+
+    async def fetch(self, sub: Any) -> list[Msg]:
+        """The next batch: wait up to a second for its first message, then take what is already there.
+
+        nats-py's fetch(n), once it has to linger, waits for all n or its timeout, which would hold
+        a trickle of events back for up to the timeout; so it lingers for one message only."""
+        try:
+            messages: list[Msg] = await sub.fetch(1, timeout=1)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+        except Exception as error:
+            log.warning("fetching events failed", error=repr(error))
+            await asyncio.sleep(0.5)
+            return []
+        if self.settings.recorder_batch_size > 1:
+            with contextlib.suppress(Exception):
+                messages += await sub.fetch(self.settings.recorder_batch_size - 1, timeout=0.01)
+        return messages
+
+    async def apply(self, messages: list[Msg], stopping: asyncio.Event, reduced: Reduced | None = None) -> None:
         """Apply one batch, retrying while Postgres is away; ack only after commit."""
-        batch, letters, last_seq = reduce(messages, self.settings)
+        batch, letters, last_seq = reduced or reduce(messages, self.settings)
         backoff = 0.2
         while True:
             try:
@@ -164,10 +196,10 @@ class Recorder:
         self.dead_lettered += len(letters)
 
 
-def reduce(messages: list[Msg], settings: RecorderSettings) -> tuple[Batch, list[tuple[str, bytes, str, int | None]], int]:
+def reduce(messages: list[Msg], settings: RecorderSettings) -> Reduced:
     """A batch of messages as one reduced Batch, its dead letters, and its highest stream sequence."""
     batch = Batch()
-    letters: list[tuple[str, bytes, str, int | None]] = []
+    letters: list[Letter] = []
     last_seq = 0
     retention = settings.subjects.retention
     for message in messages:
