@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,12 @@ def benchmarks() -> dict[str, Benchmark]:
     }
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so scratch databases and streams are dropped
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     known = benchmarks()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", choices=[*known, []], metavar="NAME", help=f"any of: {', '.join(known)}")
@@ -81,4 +87,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
