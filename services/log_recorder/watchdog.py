@@ -65,6 +65,8 @@ class Watchdog:
         self.pool = pool
         self.js = js
         self.unflushed: dict[str, tuple[WorkerHeartbeat, datetime]] = {}
+        # Since when the recorder has heard NATS and Postgres without a break: a worker is judged only
+        # after a whole timeout of that, so an outage on our side never reads as lost workers.
         self.watching_since: float | None = None
         self.published: set[uuid.UUID] = set()
 
@@ -78,6 +80,7 @@ class Watchdog:
             try:
                 await self.tick()
             except Exception as error:  # Postgres or NATS away: the next tick tries again
+                self.watching_since = None
                 log.warning("watchdog tick failed", error=repr(error))
         await follower
 
@@ -90,8 +93,6 @@ class Watchdog:
                     subjects.heartbeats, stream=subjects.heartbeat_stream, ordered_consumer=True,
                     deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                 )
-                if self.watching_since is None:
-                    self.watching_since = asyncio.get_running_loop().time()
                 try:
                     while not stopping.is_set():
                         with contextlib.suppress(asyncio.TimeoutError):
@@ -101,6 +102,7 @@ class Watchdog:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
             except Exception as error:  # NATS away or stream missing: keep trying
+                self.watching_since = None
                 log.warning("following heartbeats failed", error=repr(error))
                 await asyncio.sleep(1)
 
@@ -129,6 +131,8 @@ class Watchdog:
                     self.unflushed[worker_id] = (beat, seen)
             raise
         await self.record_lag()
+        if self.watching_since is None:
+            self.watching_since = asyncio.get_running_loop().time()
         await self.judge()
 
     async def record_lag(self) -> None:
@@ -144,7 +148,7 @@ class Watchdog:
         """Close the open runs of workers not heard from for longer than the timeout."""
         timeout = self.settings.worker_timeout
         started = self.watching_since
-        # Judge only after watching for a whole timeout: a fresh recorder has not seen the beats yet.
+        # Judge only after watching for a whole timeout: a fresh (or reconnected) recorder may not have the beats yet.
         if started is None or asyncio.get_running_loop().time() - started < timeout:
             return
         now = datetime.now(timezone.utc)
