@@ -85,7 +85,7 @@ async def ensure_consumer(js: Any, settings: RecorderSettings) -> None:
         info = None
     if info is not None:
         filters = sorted(info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else []))
-        # No filter is the whole stream, which is what the server makes of filters naming all its subjects.
+        # No filter is the whole stream, just as good: it is what a server before 2.10 makes of filter_subjects.
         if filters in ([], wanted) and info.config.ack_wait == settings.recorder_ack_wait:
             return
     try:
