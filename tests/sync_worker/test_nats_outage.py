@@ -17,7 +17,7 @@ from services.sync_worker.sources.sample import generate_orders
 from tests.conftest import eventually
 from tests.sync_worker.conftest import OrdersApi, details_of, finished_runs, paged
 
-OUTAGE_SECONDS = 3.0  # issue 7 asks for 10 s; 3 s proves the same path and keeps the suite fast
+OUTAGE_SECONDS = 10.0  # as issue 7 asks: longer than the relay's longest backoff, so reconnects are exercised
 
 
 @pytest.fixture
