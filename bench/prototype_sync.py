@@ -53,6 +53,15 @@ async def main(orders: int) -> None:
                 began = time.perf_counter()
                 await conn.copy_to_table("copy_limit", source=path, format="csv", header=True)
                 copy = time.perf_counter() - began
+                # A second floor: the file COPYed into a table shaped and indexed like open_orders (no hash, no upsert).
+                await conn.execute("CREATE TABLE copy_indexed (LIKE open_orders INCLUDING ALL)")
+                await conn.execute("ALTER TABLE copy_indexed ALTER row_hash DROP NOT NULL, ALTER synced_at SET DEFAULT now()")
+                began = time.perf_counter()
+                await conn.copy_to_table("copy_indexed", source=path, format="csv", header=True, columns=[
+                    "order_number", "customer_code", "customer_name", "status", "order_date", "requested_ship_date",
+                    "warehouse", "currency", "total_amount", "line_count", "source_updated_at"])
+                indexed = time.perf_counter() - began
+                print(f"raw COPY into a table indexed like open_orders: {indexed:.2f} s = {indexed / copy:.1f}x the raw COPY")
                 for label in ("all created", "all unchanged"):
                     began = time.perf_counter()
                     async with conn.transaction():
