@@ -38,10 +38,14 @@ class Result:
     met: bool | None
     command: str
     notes: list[str] = field(default_factory=list)
+    parts: dict[str, bool] = field(default_factory=dict)  # a target of several conditions: each one's verdict
 
     @property
     def verdict(self) -> str:
-        return "n/a" if self.met is None else ("yes" if self.met else "**no**")
+        overall = "n/a" if self.met is None else ("yes" if self.met else "**no**")
+        if not self.parts or self.met is None:
+            return overall
+        return overall + " (" + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in self.parts.items()) + ")"
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -116,6 +116,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             [f"{runs:,} runs, {details:,} details (scale {web_scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
              f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
+            {"p99": f["p99"] < 25, "ratio": ratio >= 0.3},
         ))
     floor = figures["healthz"]
     results.append(Result(
