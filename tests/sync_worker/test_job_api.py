@@ -1,6 +1,7 @@
 """The generic job API: any registered job gets a complete run log, failures included."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -62,3 +63,32 @@ def test_every_registered_job_is_described_for_the_monitor():
     assert described["purge_closed_orders"].schedule == "@daily"
     assert described["sync_open_orders"].schedule is None
     assert described["sync_open_orders"].max_concurrency == 2
+
+
+async def test_tasks_of_one_run_logging_at_once_commit_every_event_exactly_once(make_worker_settings, database_url, db):
+    jobs = JobRegistry()
+
+    @jobs.job("fan_out", title="FanOutJob")
+    async def fan_out(ctx: RunContext) -> dict[str, Any]:
+        # A job's helper tasks log while the job itself writes in its own transactions.
+        async def helper(n: int) -> None:
+            for i in range(40):
+                await ctx.log(f"helper {n} item {i}", key=f"h{n}-{i}")
+                await asyncio.sleep(0)
+
+        async def writer() -> None:
+            for i in range(40):
+                async with ctx.transaction() as conn:
+                    await ctx.log(f"batch {i}", key="batch", conn=conn)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(writer(), *(helper(n) for n in range(5)))
+        return {}
+
+    settings = make_worker_settings()
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=6) as pool:
+        ctx = await create_run(jobs.get("fan_out"), settings, pool, trigger="manual")
+        assert await execute_run(jobs.get("fan_out"), ctx) is True
+
+    seqs = [e.seq for e in await outbox_events(db)]
+    assert sorted(seqs) == list(range(1, ctx.seq + 1))

@@ -117,6 +117,8 @@ class RunContext:
     current_step: str | None = None
     _buffer: list[RunEvent] = field(default_factory=list)
     _last_flush: float = field(default_factory=time.monotonic)
+    # A job's helper tasks log too: one flush at a time, so no event is written twice or dropped.
+    _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -154,16 +156,22 @@ class RunContext:
 
     async def flush(self, conn: asyncpg.Connection | None = None) -> None:
         """Write buffered events to the outbox (in conn's transaction if given)."""
-        if not self._buffer:
-            return
-        rows = encode(self.settings.subjects, self._buffer)
-        if conn is None:
-            async with self.pool.acquire() as own:
-                await db.append_outbox(own, rows)
-        else:
-            await db.append_outbox(conn, rows)
-        self._buffer.clear()
-        self._last_flush = time.monotonic()
+        async with self._flushing:
+            if not self._buffer:
+                return
+            # Events logged while this write is in flight stay buffered for the next flush.
+            events, self._buffer = self._buffer, []
+            try:
+                rows = encode(self.settings.subjects, events)
+                if conn is None:
+                    async with self.pool.acquire() as own:
+                        await db.append_outbox(own, rows)
+                else:
+                    await db.append_outbox(conn, rows)
+            except BaseException:
+                self._buffer[:0] = events
+                raise
+            self._last_flush = time.monotonic()
         self.on_flush()
 
     @asynccontextmanager
