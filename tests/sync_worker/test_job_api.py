@@ -7,8 +7,11 @@ from typing import Any
 import asyncpg
 
 from services.contracts import parse_event
+from services.log_recorder.main import run as run_recorder
 from services.sync_worker.jobs import RunContext, registry
 from services.sync_worker.jobs.api import JobRegistry, create_run, execute_run
+from services.sync_worker.main import run as run_worker
+from tests.conftest import eventually
 
 
 async def outbox_events(db: asyncpg.Connection) -> list[Any]:
@@ -92,3 +95,33 @@ async def test_tasks_of_one_run_logging_at_once_commit_every_event_exactly_once(
 
     seqs = [e.seq for e in await outbox_events(db)]
     assert sorted(seqs) == list(range(1, ctx.seq + 1))
+
+
+async def test_a_step_logged_before_a_long_silent_wait_is_in_the_log_during_the_wait(
+    services, make_worker_settings, recorder_settings, database_url, db
+):
+    jobs = JobRegistry()
+    connected = asyncio.Event()
+
+    @jobs.job("slow_connect", title="SlowConnectJob")
+    async def slow_connect(ctx: RunContext) -> dict[str, Any]:
+        await ctx.log("Connecting to the ERP", key="connect")
+        await connected.wait()  # a 30 s connect: the job logs nothing meanwhile
+        return {}
+
+    settings = make_worker_settings()
+    await services(run_recorder, recorder_settings)
+    await services(run_worker, settings)  # its outbox relay publishes what the run commits
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=3) as pool:
+        ctx = await create_run(jobs.get("slow_connect"), settings, pool, trigger="manual")
+        running = asyncio.create_task(execute_run(jobs.get("slow_connect"), ctx))
+        try:
+            detail = await eventually(
+                lambda: db.fetchrow("SELECT message FROM job_log_details WHERE job_log_id = $1 AND key = 'connect'", ctx.run_id),
+                timeout=15,
+            )
+            assert detail["message"] == "Connecting to the ERP"
+            assert not running.done()
+        finally:
+            connected.set()
+        assert await running is True

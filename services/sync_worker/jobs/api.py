@@ -47,6 +47,11 @@ log = structlog.get_logger("joblog.worker")
 
 JobFunction = Callable[["RunContext"], Awaitable[dict[str, Any] | None]]
 
+# log() writes its buffer at FLUSH_SIZE events, and no event waits longer than FLUSH_DELAY
+# even when the job logs nothing after it (a step before a 30 s connect is in the log during it).
+FLUSH_SIZE = 200
+FLUSH_DELAY = 0.05
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -119,6 +124,8 @@ class RunContext:
     _last_flush: float = field(default_factory=time.monotonic)
     # A job's helper tasks log too: one flush at a time, so no event is written twice or dropped.
     _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _timer: asyncio.TimerHandle | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -148,11 +155,29 @@ class RunContext:
         )
         if conn is not None:
             await self.flush(conn)
-        elif len(self._buffer) >= 200 or time.monotonic() - self._last_flush > 0.05:
+        elif len(self._buffer) >= FLUSH_SIZE or time.monotonic() - self._last_flush > FLUSH_DELAY:
             await self.flush()
 
     def emit(self, event: RunEvent) -> None:
         self._buffer.append(event)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        """The timer: write what is still buffered in a task of its own (the job may be awaiting)."""
+        self._timer = None
+        if self._buffer:
+            task = asyncio.create_task(self._flush_in_background(), name=f"flush-{self.name}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _flush_in_background(self) -> None:
+        try:
+            await self.flush()
+        except Exception as error:  # Postgres away: the events stay buffered; try again in a second
+            log.warning("writing buffered run events failed; retrying", run=self.name, error=repr(error))
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(1.0, self._flush_soon)
 
     async def flush(self, conn: asyncpg.Connection | None = None) -> None:
         """Write buffered events to the outbox (in conn's transaction if given)."""
