@@ -179,7 +179,7 @@ class Service:
 
 
 @pytest_asyncio.fixture
-async def services(js: Any) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
+async def services(js: Any, database_url: str) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
     """Start services in-process; all are stopped at the end of the test."""
     started: list[Service] = []
 
