@@ -148,6 +148,11 @@ def format_when(value: datetime | None, zone: ZoneInfo, millis: bool = False) ->
     return text
 
 
+def format_clock(value: datetime, zone: ZoneInfo) -> str:
+    """HH:MM:SS.mmm in the configured zone (a time on the same page as its date)."""
+    return format_when(value, zone, millis=True).split(" ", 1)[1]
+
+
 def format_duration(ms: int | None) -> str:
     if ms is None:
         return "—"
@@ -170,7 +175,7 @@ def install_filters(env: jinja2.Environment, settings: WebSettings) -> None:
     def number(value: Any) -> str:
         return f"{value:,}" if isinstance(value, (int, float)) else str(value)
 
-    env.filters.update(when=when, duration=format_duration, number=number)
+    env.filters.update(when=when, clock=lambda value: format_clock(value, zone), duration=format_duration, number=number)
     env.globals.update(badges=BADGES, zone_name=settings.timezone)
 
 
@@ -517,6 +522,7 @@ def live_step(event: StepLogged, zone: ZoneInfo) -> dict[str, Any]:
     return {
         "key": event.key, "message": event.message, "level": event.level, "seq": event.seq,
         "at": format_when(event.occurred_at, zone, millis=True), "iso": event.occurred_at.isoformat(),
+        "clock": format_clock(event.occurred_at, zone),
     }
 
 

@@ -182,12 +182,16 @@ async def test_a_run_page_streams_new_messages_and_loads_long_logs_as_you_scroll
 
     await expect(page.locator("html")).to_have_attribute("data-live", "connected")
     await publish(js, subjects, [
-        StepLogged(**common, seq=2000, key="row-5", message="Row 5 checked again", level="warning"),  # type: ignore[arg-type]
+        StepLogged(**{**common, "occurred_at": T0 + timedelta(seconds=2)}, seq=2000, key="row-5",  # type: ignore[arg-type]
+                   message="Row 5 checked again", level="warning"),
         StepLogged(**common, seq=2001, key="done", message="All rows checked"),  # type: ignore[arg-type]
         RunSucceeded(**common, seq=2002, stats={"rows": 1100}, duration_ms=1234),  # type: ignore[arg-type]
     ])
     await expect(page.locator('li[data-key="row-5"] .message')).to_have_text("Row 5 checked again")
     await expect(page.locator('li[data-key="row-5"]')).to_have_class("detail level-warning just-updated")
+    # Still where and when it was first logged, with a note of the update.
+    await expect(page.locator('li[data-key="row-5"] .when > time')).to_have_text("2026-11-29 08:30:00.000")
+    await expect(page.locator('li[data-key="row-5"] .updated')).to_have_text("updated 08:30:02.000")
     await expect(details.last).to_contain_text("All rows checked")
     await expect(page.locator('[data-field="badge"] .badge')).to_have_text("✓Success")
     await expect(page.locator('[data-field="duration"]')).to_have_text("1.2 s")

@@ -62,6 +62,7 @@ async def test_a_run_stream_carries_only_that_runs_messages_with_millisecond_tim
     assert [s["key"] for s in steps] == ["step-0", "step-1", "progress", "progress"]
     assert steps[-1]["message"] == "Imported 200 orders"
     assert steps[0]["at"] == "2026-11-29 08:30:00.450"
+    assert steps[-1]["clock"] == "08:30:00.900"  # for the note on a detail updated in place
     assert {data["name"] for kind, data in received if kind == "run"} == {"20261129083000"}
     assert received[-1][1]["status"] == "success"
 

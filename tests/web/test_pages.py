@@ -42,6 +42,22 @@ async def test_a_run_page_shows_its_messages_in_order_with_timestamps(client, pr
     assert "<details><summary>Traceback</summary>" in html
 
 
+async def test_a_detail_updated_in_place_shows_when_it_was_first_logged_and_when_it_changed(client, project):
+    # step-0 .. step-2 at 08:30:00.450/.600/.750; "progress" first at .900, updated at 01.050
+    await project(run_events(name="20261129083000", steps=3, updates=2))
+
+    html = await (await client.get("/runs/20261129083000")).text()
+
+    progress = html[html.index('data-key="progress"'):]
+    progress = progress[: progress.index("</li>")]
+    assert '<time datetime="2026-11-29T08:30:00.900000+00:00">2026-11-29 08:30:00.900</time>' in progress
+    assert 'updated <time datetime="2026-11-29T08:30:01.050000+00:00">08:30:01.050</time>' in progress
+    shown = [html.index(t) for t in ("08:30:00.450", "08:30:00.600", "08:30:00.750", "08:30:00.900")]
+    assert shown == sorted(shown)  # the messages' times read in order
+    step = html[html.index('data-key="step-0"'):]
+    assert "updated" not in step[: step.index("</li>")]
+
+
 async def test_an_unknown_run_is_a_helpful_404(client):
     for path in ("/runs/20991231235959", "/runs/not-a-run"):
         response = await client.get(path)

@@ -134,20 +134,34 @@ function liveRun(head) {
         item = document.createElement("li");
         item.dataset.key = step.key;
         item.dataset.seq = step.seq;
+        const when = document.createElement("span");
+        when.className = "when";
         const time = document.createElement("time");
+        time.dateTime = step.iso;
+        time.textContent = step.at;
+        when.append(time);
         const level = document.createElement("span");
         level.className = "level";
         const text = document.createElement("span");
         text.className = "message";
-        item.append(time, level, text);
+        item.append(when, level, text);
         list.appendChild(item);
         const empty = document.querySelector("[data-empty]");
         if (empty) empty.remove();
+      } else if (step.seq > Number(item.dataset.seq)) {
+        // Updated in place: it keeps the time it was first logged, and says when it changed.
+        let note = item.querySelector(".updated");
+        if (!note) {
+          note = document.createElement("small");
+          note.className = "updated";
+          item.querySelector(".when").append(note);
+        }
+        const time = document.createElement("time");
+        time.dateTime = step.iso;
+        time.textContent = step.clock;
+        note.replaceChildren("updated ", time);
       }
       item.className = "detail level-" + step.level + " just-updated";
-      const time = item.querySelector("time");
-      time.dateTime = step.iso;
-      time.textContent = step.at;
       item.querySelector(".level").textContent = step.level;
       item.querySelector(".message").textContent = step.message;
     },
