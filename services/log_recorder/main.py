@@ -30,6 +30,9 @@ log = structlog.get_logger("joblog.recorder")
 TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
              asyncpg.CannotConnectNowError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
              asyncpg.AdminShutdownError, asyncpg.InvalidCachedStatementError, asyncpg.InternalClientError)
+# A value the contract allows but Postgres refuses (a NUL in a text, a seq beyond int4): retrying never helps.
+# The client-side DataError is an InterfaceError, so it is caught before TRANSIENT.
+REFUSED = (asyncpg.DataError, asyncpg.exceptions._base.DataError)
 
 
 # A dead letter: subject, raw payload, reason, stream sequence.
@@ -181,6 +184,16 @@ class Recorder:
                             conn, self.settings.recorder_consumer, last_seq, batch.last_event_at, batch.events
                         )
                 break
+            except REFUSED as error:
+                if len(messages) > 1:
+                    # Find the event Postgres refuses: the rest of the batch is applied one by one.
+                    for message in messages:
+                        await self.apply([message], stopping)
+                    return
+                message = messages[0]
+                reason = f"refused by Postgres: {type(error).__name__}: {error}"[:2000]
+                log.warning("dead-lettered a message", subject=message.subject, reason=reason)
+                batch, letters = Batch(), [(message.subject, bytes(message.data), reason, last_seq or None)]
             except TRANSIENT as error:
                 if stopping.is_set():
                     return  # unacked: redelivered to whoever consumes next

@@ -74,6 +74,31 @@ async def test_a_thousand_malformed_messages_are_dead_lettered_and_the_valid_run
     assert await db.fetchval("SELECT count(*) FROM job_log_details") == 5 + 1
 
 
+async def test_events_postgres_refuses_are_dead_lettered_and_the_runs_around_them_complete(
+    services, js, subjects, recorder_settings, db
+):
+    """Valid by the contract, refused by Postgres: a NUL in a message, a seq beyond the column's range."""
+    good = run_events(name="20261129090000", steps=3, updates=1)
+    valid = json.loads(good[2].model_dump_json())
+    subject = subjects.for_event(good[2])
+    refused = [
+        json.dumps({**valid, "event_id": "6f1c3a52-5f39-4a8e-9d0e-2a3b4c5d6e01", "key": "nul", "message": "bad\u0000byte"}).encode(),
+        json.dumps({**valid, "event_id": "6f1c3a52-5f39-4a8e-9d0e-2a3b4c5d6e02", "key": "big", "seq": 3_000_000_000}).encode(),
+    ]
+    mixed = as_payloads(subjects, good[:3]) + [(subject, p) for p in refused] + as_payloads(subjects, good[3:])
+    await services(run_recorder, recorder_settings)
+
+    await publish_many(js, subjects, mixed)
+    await eventually(lambda: drained(js, subjects.stream))
+
+    letters = await db.fetch("SELECT payload, reason FROM dead_letters ORDER BY stream_seq")
+    assert [bytes(r["payload"]) for r in letters] == refused
+    assert all(r["reason"].startswith("refused by Postgres") for r in letters)
+    run = await db.fetchrow("SELECT status FROM job_logs WHERE name = '20261129090000'")
+    assert run["status"] == "success"
+    assert await db.fetchval("SELECT count(*) FROM job_log_details") == 3 + 1
+
+
 async def test_a_database_outage_is_waited_out_nothing_lost_nothing_doubled(services, js, subjects, nats_url):
     """Fault 3: Postgres stops while events flow and comes back on the same port and data."""
     # Postgres runs as its own user when we are root: its folder must be reachable by it.
