@@ -41,6 +41,11 @@ Letter = tuple[str, bytes, str, int | None]
 Reduced = tuple[Batch, list[Letter], int]
 
 
+def refused(message: Msg, error: Exception, stream_seq: int | None) -> Letter:
+    """The dead letter of a message whose event Postgres refuses to store."""
+    return message.subject, bytes(message.data), f"refused by Postgres: {type(error).__name__}: {error}"[:2000], stream_seq
+
+
 def classify(message: Msg, max_bytes: int, retention_subject: str) -> Any:
     """The event in a message, or raise DeadLetter saying why it can never be applied."""
     if len(message.data) > max_bytes:
@@ -190,10 +195,9 @@ class Recorder:
                     for message in messages:
                         await self.apply([message], stopping)
                     return
-                message = messages[0]
-                reason = f"refused by Postgres: {type(error).__name__}: {error}"[:2000]
-                log.warning("dead-lettered a message", subject=message.subject, reason=reason)
-                batch, letters = Batch(), [(message.subject, bytes(message.data), reason, last_seq or None)]
+                letters = [refused(messages[0], error, last_seq or None)]
+                log.warning("dead-lettered a message", subject=messages[0].subject, reason=letters[0][2])
+                batch = Batch()
             except TRANSIENT as error:
                 if stopping.is_set():
                     return  # unacked: redelivered to whoever consumes next

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from services.contracts.subjects import close_nats, ensure_streams
 from services.log_recorder import db
 from services.log_recorder.errors import RebuildFailed
-from services.log_recorder.main import reduce
+from services.log_recorder.main import REFUSED, reduce, refused
 from services.log_recorder.settings import RecorderSettings
 
 SUFFIX = "__rb"
@@ -125,17 +125,30 @@ class Replay:
                 if (await self.sub.consumer_info()).num_pending == 0:
                     return  # the last sequences were removed from the stream
                 continue
-            batch, letters, top = reduce(messages, self.settings)
-            if conn is not None:
-                await db.apply_batch(conn, batch, db.REBUILD)
-            else:
-                async with self.pool.acquire() as own, own.transaction():
-                    await db.apply_batch(own, batch, db.REBUILD)
-                    await db.store_dead_letters(own, letters)
+            top = await self._apply(conn, messages)
             self.replayed += len(messages)
             if bar is not None:
                 bar.update(top - self.position)
             self.position = max(self.position, top)
+
+    async def _apply(self, conn: asyncpg.Connection | None, messages: list[Any]) -> int:
+        """Apply messages to the fresh tables; returns their highest stream sequence."""
+        if conn is None:
+            async with self.pool.acquire() as own:
+                return await self._apply(own, messages)
+        batch, letters, top = reduce(messages, self.settings)
+        try:
+            async with conn.transaction():  # a savepoint inside the swap's transaction
+                await db.apply_batch(conn, batch, db.REBUILD)
+                await db.store_dead_letters(conn, letters)
+        except REFUSED as error:
+            # As in the recorder: the event Postgres refuses is a dead letter, the rest is applied.
+            if len(messages) > 1:
+                for message in messages:
+                    await self._apply(conn, [message])
+            else:
+                await db.store_dead_letters(conn, [refused(messages[0], error, top or None)])
+        return top
 
     async def close(self) -> None:
         if self.sub is not None:

@@ -14,6 +14,7 @@ import asyncpg
 from joblog.migrate import ensure_database, migrate, with_database
 from joblog.servers import EmbeddedPostgres
 from services.log_recorder.main import run as run_recorder
+from services.log_recorder.rebuild import rebuild
 from services.log_recorder.settings import RecorderSettings
 from tests.conftest import eventually
 from tests.factories import T0, run_events, snapshot
@@ -97,6 +98,10 @@ async def test_events_postgres_refuses_are_dead_lettered_and_the_runs_around_the
     run = await db.fetchrow("SELECT status FROM job_logs WHERE name = '20261129090000'")
     assert run["status"] == "success"
     assert await db.fetchval("SELECT count(*) FROM job_log_details") == 3 + 1
+    kept = await snapshot(db)
+
+    report = await rebuild(recorder_settings, progress=False)  # meets the same events: never stuck on them
+    assert report.runs == 1 and await snapshot(db) == kept
 
 
 async def test_a_database_outage_is_waited_out_nothing_lost_nothing_doubled(services, js, subjects, nats_url):
