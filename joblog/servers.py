@@ -161,17 +161,17 @@ class EmbeddedPostgres:
         run_as = self._run_as()
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            subprocess.run(  # type: ignore[call-overload]
                 [initdb, "-D", str(self.data_dir), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
                  "--no-instructions"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", **run_as,  # type: ignore[arg-type]
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", **run_as,
             )
         with log.open("ab") as out:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # type: ignore[call-overload]
                 [postgres, "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1",
                  "-k", "", "-c", "fsync=off" if os.environ.get("JOBLOG_PG_FSYNC_OFF") else "fsync=on",
                  "-c", "max_connections=200"],
-                stdout=out, stderr=out, cwd="/", **run_as, **child_process_options(),  # type: ignore[arg-type]
+                stdout=out, stderr=out, cwd="/", **run_as, **child_process_options(),
             )
         _wait_for_port(self.process, self.port, "postgres", log, timeout=60)
         return self

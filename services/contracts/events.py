@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Final, Literal, Union
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Names are the run's start time, YYYYMMDDhhmmss, with -2, -3 ... for runs in the same second.
 RUN_NAME_PATTERN = r"^\d{14}(-\d+)?$"

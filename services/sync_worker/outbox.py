@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 
 import asyncpg
@@ -22,7 +23,7 @@ log = structlog.get_logger("joblog.worker.outbox")
 RELAY_LOCK = 7_305_118_202
 
 
-def encode(subjects: Subjects, events: Sequence[RunEvent]) -> list[tuple[str, object, bytes]]:
+def encode(subjects: Subjects, events: Sequence[RunEvent]) -> list[tuple[str, uuid.UUID, bytes]]:
     """Outbox rows for events: (subject, event_id, JSON payload)."""
     return [(subjects.for_event(e), e.event_id, e.model_dump_json().encode()) for e in events]
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -89,7 +90,7 @@ class WorkerSettings(CommonSettings):
         return value
 
 
-def _known_jobs(by_job: dict[str, object]) -> None:
+def _known_jobs(by_job: Mapping[str, object]) -> None:
     # Imported here: the jobs import these settings.
     from services.sync_worker.jobs import registry
 

@@ -64,7 +64,8 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
         await ctx.log(notice, key="source-retry", level="warning")
 
     source = open_source(ctx.settings, on_retry=retrying)
-    stats = {"fetched": 0, "created": 0, "updated": 0, "unchanged": 0, "closed": 0, "invalid": 0}
+    # Any, not int: the counts are also passed to ctx.log as its **data.
+    stats: dict[str, Any] = {"fetched": 0, "created": 0, "updated": 0, "unchanged": 0, "closed": 0, "invalid": 0}
     warnings = 0
 
     async def read_and_validate(batches: AsyncIterator[list[RawOrder]], ready: asyncio.Queue[list[tuple[Any, ...]] | None]) -> None:
@@ -77,7 +78,7 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
                 stats["fetched"] += len(raw_batch)
                 records = []
                 for raw, (problem, record) in zip(raw_batch, _validate_batch(raw_batch, seen)):
-                    if problem is None:
+                    if record is not None:
                         records.append(record)
                         continue
                     stats["invalid"] += 1
@@ -130,7 +131,7 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
 
 
 async def _import(
-    ctx: RunContext, conn: asyncpg.Connection, ready: asyncio.Queue[list[tuple[Any, ...]] | None], stats: dict[str, int]
+    ctx: RunContext, conn: asyncpg.Connection, ready: asyncio.Queue[list[tuple[Any, ...]] | None], stats: dict[str, Any]
 ) -> None:
     """Upsert each validated batch in its own transaction, with the progress events it implies."""
     last_progress = float("-inf")
