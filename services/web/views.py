@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from datetime import date, datetime, time, timezone
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo
 import aiohttp_jinja2
 import asyncpg
 import jinja2
+import nats.errors
 import structlog
 from aiohttp import web
 from aiohttp_sse import sse_response
@@ -410,6 +412,17 @@ async def monitor(request: web.Request) -> dict[str, Any]:
 # Actions: POSTs, confirmed in the UI (a JS dialog, or this confirmation page without JS) ---------
 
 
+async def _send(command: Awaitable[None]) -> None:
+    """Publish an action's message; NATS or JetStream not taking it is a 503, not a 500."""
+    try:
+        await command
+    except (nats.errors.Error, asyncio.TimeoutError) as error:
+        log.warning("could not publish an action", error=repr(error))
+        raise web.HTTPServiceUnavailable(
+            text="NATS JetStream did not accept the request, so nothing was sent. Try again in a moment.",
+        ) from None
+
+
 def _actor(request: web.Request) -> str:
     return "admin" if request.app[SETTINGS].auth_enabled else "anonymous"
 
@@ -452,7 +465,7 @@ async def trigger_job(request: web.Request, job: str, retry_of: str | None) -> s
     settings = request.app[SETTINGS]
     requested_by = f"web:{_actor(request)}" + (f" retry of {retry_of}" if retry_of else "")
     command = TriggerRequested(job=job, trigger="retry" if retry_of else "manual", requested_by=requested_by)
-    await commands.trigger(request.app[NATS_CONNECTION], settings.subjects, command)
+    await _send(commands.trigger(request.app[NATS_CONNECTION], settings.subjects, command))
     log.info("action", action="retry" if retry_of else "run_now", job=job, retry_of=retry_of,
              command_id=command.command_id, actor=_actor(request), remote=request.remote)
     return command.command_id
@@ -468,7 +481,7 @@ async def delete_run(request: web.Request) -> web.StreamResponse:
     if asking is not None:
         return asking
     event = RunsDeleted(names=[name], requested_by=f"web:{_actor(request)}")
-    await commands.delete_runs(request.app[NATS_CONNECTION], request.app[SETTINGS].subjects, event)
+    await _send(commands.delete_runs(request.app[NATS_CONNECTION], request.app[SETTINGS].subjects, event))
     log.info("action", action="delete_run", run=name, event_id=str(event.event_id), actor=_actor(request), remote=request.remote)
     raise web.HTTPSeeOther(f"/?{urlencode({'notice': f'Run {name} is being deleted.'})}")
 
@@ -489,7 +502,7 @@ async def delete_older(request: web.Request) -> web.StreamResponse:
     if asking is not None:
         return asking
     event = RunsDeleted(created_before=cutoff, requested_by=f"web:{_actor(request)}")
-    await commands.delete_runs(request.app[NATS_CONNECTION], settings.subjects, event)
+    await _send(commands.delete_runs(request.app[NATS_CONNECTION], settings.subjects, event))
     log.info("action", action="delete_older", before=cutoff.isoformat(), event_id=str(event.event_id),
              actor=_actor(request), remote=request.remote)
     notice = f"Runs created before {day.isoformat()} are being deleted."

@@ -97,3 +97,17 @@ async def test_a_deleted_run_disappears_once_the_recorder_applies_the_deletion(c
     await eventually(lambda: db.fetchval("SELECT NOT EXISTS (SELECT 1 FROM job_logs WHERE name = '20261129083000')"))
     assert (await client.get("/runs/20261129083000")).status == 404
     assert (await client.get("/runs/20261129083100")).status == 200
+
+
+async def test_an_action_while_jetstream_cannot_take_it_says_so_with_a_503_not_a_500(client, js, subjects, project):
+    await project(run_events(name="20261129083000"))
+    for config in subjects.stream_configs():
+        await js.delete_stream(config.name)  # nothing answers the publish, as when JetStream is down
+
+    page = await client.post("/jobs/sync_open_orders/run", data={"confirm": "yes"}, allow_redirects=False)
+    api = await client.post("/api/jobs/sync_open_orders/trigger", json={})
+    deletion = await client.post("/runs/20261129083000/delete", data={"confirm": "yes"}, allow_redirects=False)
+
+    assert page.status == 503 and "nothing was sent" in await page.text()
+    assert api.status == 503 and "nothing was sent" in (await api.json())["detail"]
+    assert deletion.status == 503
