@@ -134,3 +134,24 @@ async def test_values_the_database_could_not_store_are_invalid_rows_not_a_failed
     warnings = [d["message"] for d in await details_of(db, run["id"]) if d["level"] == "warning"]
     assert any("SO-100003" in w and "line_count" in w for w in warnings)
     assert any("SO-100005" in w and "total_amount" in w for w in warnings)
+
+
+async def test_a_nul_character_in_a_source_value_is_an_invalid_row_not_a_failed_run(services, make_worker_settings, recorder_settings, db, tmp_path: Path):
+    rows = list(generate_orders(10))
+    rows[2]["customer_name"] = "ACME\x00GmbH"  # legacy ERPs do this; Postgres text cannot hold it
+    rows[4]["order_number"] = "SO-1\x0004"
+    source = tmp_path / "orders.csv"
+    write_csv(source, rows)
+    settings = make_worker_settings(orders_csv_path=source)
+    await services(run_recorder, recorder_settings)
+    await services(run_worker, settings)
+
+    await send_trigger(settings, "sync_open_orders")
+    run = await finished_run(db)
+
+    assert run["status"] == "success"
+    assert json.loads(run["stats"])["invalid"] == 2 and json.loads(run["stats"])["created"] == 8
+    warnings = [d["message"] for d in await details_of(db, run["id"]) if d["level"] == "warning"]
+    assert any("SO-100002" in w and "customer_name" in w for w in warnings)
+    assert any("SO-1\\x0004" in w and "order_number" in w for w in warnings)  # shown, not dead-lettered
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0

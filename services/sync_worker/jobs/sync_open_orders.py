@@ -7,10 +7,10 @@ import time
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.contracts.events import utcnow
 from services.sync_worker import db
@@ -21,18 +21,28 @@ from services.sync_worker.sources import RawOrder, open_source
 MAX_WARNINGS = 50
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL character, which the database cannot store")
+    return value
+
+
+# Postgres text cannot hold NUL: such a value makes its row invalid instead of failing the batch.
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class SourceOrder(BaseModel):
     """One order as the source must provide it (a missing value is None: the CSV source maps empty fields)."""
 
     model_config = ConfigDict(str_strip_whitespace=True, extra="ignore")
 
-    order_number: str = Field(min_length=1, max_length=40)
-    customer_code: str = Field(min_length=1, max_length=40)
-    customer_name: str = Field(min_length=1, max_length=200)
-    status: str = Field(min_length=1, max_length=40)
+    order_number: Text = Field(min_length=1, max_length=40)
+    customer_code: Text = Field(min_length=1, max_length=40)
+    customer_name: Text = Field(min_length=1, max_length=200)
+    status: Text = Field(min_length=1, max_length=40)
     order_date: date
     requested_ship_date: date | None = None
-    warehouse: str | None = Field(default=None, max_length=40)
+    warehouse: Text | None = Field(default=None, max_length=40)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     total_amount: Decimal = Field(ge=0, max_digits=14, decimal_places=2)
     line_count: int = Field(ge=1, le=2_147_483_647)  # the column is a Postgres integer
@@ -84,7 +94,7 @@ async def sync_open_orders(ctx: RunContext) -> dict[str, Any]:
                     stats["invalid"] += 1
                     warnings += 1
                     if warnings <= MAX_WARNINGS:
-                        number = str(raw.get("order_number") or "?")
+                        number = str(raw.get("order_number") or "?").replace("\x00", "\\x00")
                         await ctx.log(
                             f"Skipped order {number}: {problem}", level="warning",
                             order_number=number, reason=problem,
