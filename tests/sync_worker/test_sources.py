@@ -175,7 +175,15 @@ async def test_a_batch_postgres_refuses_fails_the_run_instead_of_hanging_it(
     services, orders_api: OrdersApi, make_worker_settings, recorder_settings, db
 ):
     rows = list(generate_orders(100))
-    rows[2]["customer_name"] = "Acme\u0000Industrial"  # valid to pydantic, refused by Postgres text
+    rows[2]["customer_name"] = "Acme Refused"  # valid to pydantic, refused by Postgres (the trigger below)
+    await db.execute("""
+        CREATE FUNCTION refuse_acme() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.customer_name = 'Acme Refused' THEN RAISE EXCEPTION 'refused: %', NEW.order_number; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_acme BEFORE INSERT ON open_orders FOR EACH ROW EXECUTE FUNCTION refuse_acme();
+    """)
     orders_api.pages = paged(rows, 5)
     settings = make_worker_settings(orders_source="http", orders_url=orders_api.url)
     await services(run_recorder, recorder_settings)
@@ -185,5 +193,5 @@ async def test_a_batch_postgres_refuses_fails_the_run_instead_of_hanging_it(
     [run] = await finished_runs(db, 1)
 
     assert run["status"] == "error"
-    assert "0x00" in run["error_message"]
+    assert "refused: SO-100002" in run["error_message"]
     assert await db.fetchval("SELECT count(*) FROM open_orders") == 0
