@@ -30,9 +30,9 @@ log = structlog.get_logger("joblog.recorder")
 TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
              asyncpg.CannotConnectNowError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
              asyncpg.AdminShutdownError, asyncpg.InvalidCachedStatementError, asyncpg.InternalClientError)
-# A value the contract allows but Postgres refuses (a NUL in a text, a seq beyond int4): retrying never helps.
+# A value the contract allows but Postgres refuses (a seq beyond int4, JSON's Infinity): retrying never helps.
 # The client-side DataError is an InterfaceError, so it is caught before TRANSIENT.
-REFUSED = (asyncpg.DataError, asyncpg.exceptions._base.DataError)
+REFUSED = (asyncpg.DataError, asyncpg.exceptions._base.DataError, asyncpg.CardinalityViolationError)
 
 
 # A dead letter: subject, raw payload, reason, stream sequence.

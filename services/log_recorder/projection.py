@@ -132,22 +132,42 @@ class Batch:
         rows = sorted(self.runs.values(), key=lambda r: r.id)
         return [
             [r.id for r in rows], [r.name for r in rows], [r.job for r in rows], [r.status for r in rows],
-            [r.terminal_seq for r in rows], [r.trigger for r in rows], [r.requested_by for r in rows],
-            [r.worker_id for r in rows], [r.host for r in rows], [r.created_at for r in rows],
+            [r.terminal_seq for r in rows], [r.trigger for r in rows], [_text(r.requested_by) for r in rows],
+            [r.worker_id for r in rows], [_text(r.host) for r in rows], [r.created_at for r in rows],
             [r.updated_at for r in rows], [r.started_at for r in rows], [r.finished_at for r in rows],
-            [r.duration_ms for r in rows], [_json(r.stats) for r in rows], [r.error_class for r in rows],
-            [r.error_message for r in rows], [r.error_traceback for r in rows], [r.failed_step for r in rows],
+            [r.duration_ms for r in rows], [_json(r.stats) for r in rows], [_text(r.error_class) for r in rows],
+            [_text(r.error_message) for r in rows], [_text(r.error_traceback) for r in rows],
+            [_text(r.failed_step) for r in rows],
             [r.last_seq for r in rows],
         ]
 
     def detail_columns(self) -> list[list[Any]]:
         rows = sorted(self.details.values(), key=lambda d: (d.run_id, d.key))
         return [
-            [d.run_id for d in rows], [d.key for d in rows], [d.message for d in rows], [d.level for d in rows],
+            [d.run_id for d in rows], [_text(d.key) for d in rows], [_text(d.message) for d in rows], [d.level for d in rows],
             [_json(d.data) for d in rows], [d.first_seq for d in rows], [d.seq for d in rows],
             [d.created_at for d in rows], [d.updated_at for d in rows],
         ]
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+    if value is None:
+        return None
+    text = json.dumps(value, separators=(",", ":"), default=str)
+    return json.dumps(_scrub(value), separators=(",", ":"), default=str) if "\\u0000" in text else text
+
+
+# Postgres text and jsonb cannot hold NUL (a worker may pass on an ERP's binary error body): such a
+# character is stored as U+FFFD, so the event is applied instead of refused and its run can finish.
+def _text(value: str | None) -> str | None:
+    return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(str(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value

@@ -83,7 +83,7 @@ async def test_events_postgres_refuses_are_dead_lettered_and_the_runs_around_the
     valid = json.loads(good[2].model_dump_json())
     subject = subjects.for_event(good[2])
     refused = [
-        json.dumps({**valid, "event_id": "6f1c3a52-5f39-4a8e-9d0e-2a3b4c5d6e01", "key": "nul", "message": "bad\u0000byte"}).encode(),
+        json.dumps({**valid, "event_id": "6f1c3a52-5f39-4a8e-9d0e-2a3b4c5d6e01", "key": "inf", "data": {"n": float("inf")}}).encode(),
         json.dumps({**valid, "event_id": "6f1c3a52-5f39-4a8e-9d0e-2a3b4c5d6e02", "key": "big", "seq": 3_000_000_000}).encode(),
     ]
     mixed = as_payloads(subjects, good[:3]) + [(subject, p) for p in refused] + as_payloads(subjects, good[3:])

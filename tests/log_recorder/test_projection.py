@@ -61,6 +61,24 @@ async def test_any_single_event_creates_the_run_row(db):
     assert dict(row) == {"name": step.name, "job": step.job, "status": "new"}
 
 
+async def test_a_nul_character_in_a_failure_is_shown_as_a_replacement_character_and_the_run_still_fails(db):
+    # e.g. an ERP's binary error body in the exception message: Postgres text and jsonb cannot hold NUL.
+    events = run_events(fail=True)
+    *head, error_step, failed = events
+    error_step = error_step.model_copy(update={"message": "Failed: bad\x00body", "data": {"body": "bad\x00body"}})
+    failed = failed.model_copy(update={"error_message": "bad\x00body", "traceback": "Traceback\x00"})
+    batch = Batch()
+    for event in [*head, error_step, failed]:
+        batch.add(event)
+    async with db.transaction():
+        await recorder_db.apply_batch(db, batch)
+
+    run = await db.fetchrow("SELECT status, error_message, error_traceback FROM job_logs")
+    assert dict(run) == {"status": "error", "error_message": "bad\ufffdbody", "error_traceback": "Traceback\ufffd"}
+    detail = await db.fetchrow("SELECT message, data FROM job_log_details WHERE key = 'error'")
+    assert detail["message"] == "Failed: bad\ufffdbody" and detail["data"] == '{"body": "bad\ufffdbody"}'
+
+
 async def test_status_never_moves_back(db):
     events = run_events()
     for event in reversed(events):  # succeeded first, created last
