@@ -29,7 +29,6 @@ OUTBOX_COLUMNS = ("subject", "event_id", "payload")
 
 FETCH_OUTBOX = "SELECT id, subject, event_id, payload FROM outbox ORDER BY id LIMIT $1"
 DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-COUNT_OUTBOX = "SELECT count(*) FROM outbox"
 
 
 async def append_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, uuid.UUID, bytes]]) -> None:

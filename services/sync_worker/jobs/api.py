@@ -87,9 +87,6 @@ class JobRegistry:
         except KeyError:
             raise UnknownJob(f"unknown job {name!r}; known: {', '.join(sorted(self._jobs))}") from None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._jobs.values())
-
     def describe(self, schedules: dict[str, str] | None = None, concurrency: dict[str, int] | None = None) -> list[JobDescription]:
         """The jobs as heartbeats announce them, with this worker's schedules and limits."""
         schedules, concurrency = schedules or {}, concurrency or {}
