@@ -13,6 +13,11 @@ RUN_COLUMNS = """
 """
 
 
+def _like_escape(text: str) -> str:
+    """text matched literally by LIKE/ILIKE (its default escape character is the backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 async def list_runs(
     conn: asyncpg.Connection,
     *,
@@ -31,7 +36,7 @@ async def list_runs(
         args.append(job)
         where.append(f"job = ${len(args)}")
     if search:
-        args.append(search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        args.append(_like_escape(search) + "%")
         where.append(f"name LIKE ${len(args)}")
     if before:
         args.extend(before)
@@ -107,7 +112,7 @@ async def list_open_orders(
     direction = "DESC" if descending else "ASC"
     where, args = "closed_at IS NULL", []  # type: str, list[Any]
     if search:
-        args.append(f"%{search.replace(chr(92), chr(92) * 2).replace('%', chr(92) + '%').replace('_', chr(92) + '_')}%")
+        args.append(f"%{_like_escape(search)}%")
         where += " AND (order_number ILIKE $1 OR customer_name ILIKE $1 OR customer_code ILIKE $1)"
     total = await conn.fetchval(f"SELECT count(*) FROM open_orders WHERE {where}", *args)
     args.extend([limit, offset])
