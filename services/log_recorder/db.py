@@ -155,6 +155,16 @@ async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = L
         await conn.execute(sql(UPSERT_RUNS, tables), *batch.run_columns())
     if batch.details:
         await conn.execute(sql(UPSERT_DETAILS, tables), *batch.detail_columns())
+    if tables is LIVE and (batch.runs or batch.deletions):
+        await bump_version(conn)
+
+
+BUMP_VERSION = "UPDATE projection_version SET version = version + 1"
+
+
+async def bump_version(conn: asyncpg.Connection) -> None:
+    """Tell readers (the web's page cache) the projection changed; commits with the change."""
+    await conn.execute(BUMP_VERSION)
 
 
 async def store_dead_letters(conn: asyncpg.Connection, letters: list[tuple[str, bytes, str, int | None]]) -> None:

@@ -176,6 +176,7 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
                 table = await conn.fetchval(
                     "SELECT conrelid::regclass::text FROM pg_constraint WHERE conname = $1", f"{name}{SUFFIX}")
                 await conn.execute(f'ALTER TABLE {table} RENAME CONSTRAINT "{name}{SUFFIX}" TO "{name}"')
+        await db.bump_version(conn)
     return last_seq
 
 

@@ -16,8 +16,9 @@ from aiohttp import web
 
 from services.contracts.subjects import close_nats
 from services.web import views
+from services.web.cache import PageCache
 from services.web.directory import WorkerDirectory
-from services.web.keys import DIRECTORY, FEED, METRICS, NATS_CONNECTION, POOL, SETTINGS
+from services.web.keys import DIRECTORY, FEED, METRICS, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
 from services.web.live import RunFeed
 from services.web.metrics import Metrics
 from services.web.middleware import basic_auth, error_pages, same_origin_posts, security_headers
@@ -91,6 +92,7 @@ def create_app(settings: WebSettings) -> web.Application:
     app[METRICS] = metrics
     app[FEED] = RunFeed()
     app[DIRECTORY] = WorkerDirectory(settings.worker_timeout)
+    app[PAGE_CACHE] = PageCache(settings.page_cache_size)
     app.on_shutdown.append(_close_streams)
     env = aiohttp_jinja2.setup(
         app,

@@ -46,6 +46,11 @@ async def list_runs(
     return await conn.fetch(sql, *args)
 
 
+async def projection_version(conn: asyncpg.Connection) -> int:
+    """Moves with every committed change to the projection; read it before the rows it guards."""
+    return await conn.fetchval("SELECT version FROM projection_version")
+
+
 async def get_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM job_logs WHERE name = $1", name)
 

@@ -19,6 +19,9 @@ class WebSettings(CommonSettings):
     )
     worker_timeout: float = Field(30.0, gt=0, description="Seconds without heartbeat before a worker counts as lost.")
     page_size: int = Field(50, ge=5, le=500, description="Runs per index page.")
+    page_cache_size: int = Field(
+        512, ge=0, le=100_000, description="Rendered index and run pages kept until the projection changes (0: none)."
+    )
     recorder_consumer: str = Field("log_recorder", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The recorder's durable consumer, for the Jobs Monitor.")
 
     @field_validator("admin_password_hash")

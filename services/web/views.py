@@ -25,7 +25,7 @@ from services.contracts import RunEvent, RunsDeleted, StepLogged, TriggerRequest
 from services.web import commands, db
 from services.web.directory import WorkerDirectory
 from services.web.errors import BadRequest, NotFound
-from services.web.keys import DIRECTORY, FEED, METRICS, NATS_CONNECTION, POOL, SETTINGS
+from services.web.keys import DIRECTORY, FEED, METRICS, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
 from services.web.live import run_update
 from services.web.settings import WebSettings
 
@@ -212,11 +212,36 @@ def index_query(request: web.Request) -> dict[str, Any]:
     }
 
 
-@aiohttp_jinja2.template("index.html")
-async def index(request: web.Request) -> dict[str, Any]:
+async def cached_page(request: web.Request) -> tuple[tuple[Any, ...], web.Response | None]:
+    """The cache key of this page as the projection stands now, and the cached page if there is one.
+
+    The version is read before the page's rows, so a page is never filed under a newer version.
+    """
+    _, pool = _app_parts(request)
+    async with pool.acquire() as conn:
+        version = await db.projection_version(conn)
+    alive = tuple(beat.worker_id for beat in worker_directory(request).online())
+    key = (request.path_qs, version, alive)
+    body = request.app[PAGE_CACHE].get(key)
+    if body is None:
+        return key, None
+    return key, web.Response(body=body, content_type="text/html", charset="utf-8")
+
+
+def render_page(request: web.Request, template: str, context: dict[str, Any], key: tuple[Any, ...]) -> web.Response:
+    response = aiohttp_jinja2.render_template(template, request, context)
+    assert isinstance(response.body, bytes)
+    request.app[PAGE_CACHE].put(key, response.body)
+    return response
+
+
+async def index(request: web.Request) -> web.Response:
     """The JobLog index: most recent runs first, filterable, keyset-paginated."""
     settings, pool = _app_parts(request)
     query = index_query(request)
+    key, cached = await cached_page(request)
+    if cached is not None:
+        return cached
     async with pool.acquire() as conn:
         rows = await db.list_runs(conn, limit=settings.page_size + 1, **query)
         jobs = await db.known_jobs(conn)
@@ -224,7 +249,7 @@ async def index(request: web.Request) -> dict[str, Any]:
     rows = rows[: settings.page_size]
     directory = worker_directory(request)
     filters = {k: v for k, v in {"status": query["status"], "job": query["job"], "q": query["search"]}.items() if v}
-    return {
+    context = {
         "runs": [present_run(r, directory) for r in rows],
         "jobs": jobs,
         "statuses": STATUSES,
@@ -235,6 +260,7 @@ async def index(request: web.Request) -> dict[str, Any]:
         "live_insert": query["before"] is None and not filters,
         "notice": request.query.get("notice", "")[:200],
     }
+    return render_page(request, "index.html", context, key)
 
 
 def _run_name(request: web.Request) -> str:
@@ -273,18 +299,21 @@ async def load_run(request: web.Request, after: int, limit: int) -> tuple[asyncp
     return run, details, (details[-1]["first_seq"] if more and details else None), total
 
 
-@aiohttp_jinja2.template("run.html")
-async def run_detail(request: web.Request) -> dict[str, Any]:
+async def run_detail(request: web.Request) -> web.Response:
     """One run: header, final statistics, and its details in the order they happened, a page at a time."""
     after = after_param(request)
+    key, cached = await cached_page(request)
+    if cached is not None:
+        return cached
     run, details, next_after, total = await load_run(request, after, DETAILS_PER_PAGE)
-    return {
+    context = {
         "run": present_run(run, worker_directory(request)),
         "details": [dict(d) for d in details],
         "total_details": total,
         "after": after,
         "next_after": next_after,
     }
+    return render_page(request, "run.html", context, key)
 
 
 def orders_query(request: web.Request) -> dict[str, Any]:

@@ -144,3 +144,25 @@ async def test_the_monitor_shows_jobs_with_schedule_and_workers_with_their_runs(
     assert "SyncOpenOrdersJob" in html and "every 15m" in html and "next 20" in html
     assert 'Running\n        <a class="mono" href="/runs/20261129083000">20261129083000</a>' in html
     assert "▶ Run now" in html and "Pending events" in html and "Dead letters" in html
+
+
+async def test_pages_are_served_from_cache_until_the_projection_changes(client, project):
+    from services.web.keys import PAGE_CACHE
+
+    cache = client.app[PAGE_CACHE]
+    first = run_events(name="20261129083000", start=T0)
+    await project(first[:3])
+    assert "20261129083000" in await (await client.get("/")).text()
+    assert "Step 0 done" in await (await client.get("/runs/20261129083000")).text()
+    hits = cache.hits
+    await client.get("/")
+    await client.get("/runs/20261129083000")
+    assert cache.hits == hits + 2  # nothing changed: both pages from the cache
+
+    await project(first[3:])  # the rest of the run, a second run
+    await project(run_events(name="20261129093000", start=T0 + timedelta(hours=1)))
+    index = await (await client.get("/")).text()
+    page = await (await client.get("/runs/20261129083000")).text()
+    assert "20261129093000" in index and "badge-success" in index
+    assert "Step 3 done" in page and "Imported 200 orders" in page
+    assert cache.hits == hits + 2  # the projection moved: both re-rendered
