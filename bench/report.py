@@ -86,6 +86,11 @@ def write_report(results: list[Result], seconds: float, servers: str, load: tupl
     """Replace the generated block of docs/performance.md; everything outside the markers is hand-written."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     commit = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    # The services run from the working tree: say so when it differs from the commit.
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "services", "joblog"],
+                           capture_output=True, text=True).stdout.strip()
+    if dirty:
+        commit += f" plus uncommitted changes to {len(dirty.splitlines())} file(s) of services/ and joblog/"
     block = "\n".join([
         TABLE_START,
         f"Measured {stamp} at commit {commit} by `JOBLOG_BENCH_SCALE={scale():g} make bench` ({seconds / 60:.0f} min): "
