@@ -7,7 +7,7 @@ import json
 import re
 import uuid
 from datetime import date, datetime, time, timezone
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -223,55 +223,54 @@ def index_query(request: web.Request) -> dict[str, Any]:
     }
 
 
-async def cached_page(request: web.Request) -> tuple[tuple[Any, ...], web.Response | None]:
-    """The cache key of this page as the projection stands now, and the cached page if there is one.
-
-    The version is read before the page's rows, so a page is never filed under a newer version.
-    """
+async def page_key(request: web.Request) -> tuple[Any, ...]:
+    """This page's cache key as the projection stands now (read before the page's rows)."""
     _, pool = _app_parts(request)
     async with pool.acquire() as conn:
         version = await db.projection_version(conn)
     alive = tuple(beat.worker_id for beat in worker_directory(request).online())
-    key = (request.path_qs, version, alive)
-    body = request.app[PAGE_CACHE].get(key)
-    if body is None:
-        return key, None
-    return key, web.Response(body=body, content_type="text/html", charset="utf-8")
+    return (request.path_qs, version, alive)
 
 
-def render_page(request: web.Request, template: str, context: dict[str, Any], key: tuple[Any, ...]) -> web.Response:
-    response = aiohttp_jinja2.render_template(template, request, context)
-    assert isinstance(response.body, bytes)
-    request.app[PAGE_CACHE].put(key, response.body)
-    return response
+async def cached(request: web.Request, template: str, load: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
+    """Render template with what load() returns, unless the page is cached for this projection."""
+    key = await page_key(request)
+
+    async def render() -> bytes:
+        response = aiohttp_jinja2.render_template(template, request, await load())
+        assert isinstance(response.body, bytes)
+        return response.body
+
+    body = await request.app[PAGE_CACHE].page(key, render)
+    return web.Response(body=body, content_type="text/html", charset="utf-8")
 
 
 async def index(request: web.Request) -> web.Response:
     """The JobLog index: most recent runs first, filterable, keyset-paginated."""
     settings, pool = _app_parts(request)
     query = index_query(request)
-    key, cached = await cached_page(request)
-    if cached is not None:
-        return cached
-    async with pool.acquire() as conn:
-        rows = await db.list_runs(conn, limit=settings.page_size + 1, **query)
-        jobs = await db.known_jobs(conn)
-    more = len(rows) > settings.page_size
-    rows = rows[: settings.page_size]
-    directory = worker_directory(request)
-    filters = {k: v for k, v in {"status": query["status"], "job": query["job"], "q": query["search"]}.items() if v}
-    context = {
-        "runs": [present_run(r, directory) for r in rows],
-        "jobs": jobs,
-        "statuses": STATUSES,
-        "filters": filters,
-        "next_cursor": encode_cursor(rows[-1]) if more and rows else None,
-        "paged": query["before"] is not None,
-        # New runs are inserted live only where they belong: the first page, unfiltered.
-        "live_insert": query["before"] is None and not filters,
-        "notice": request.query.get("notice", "")[:200],
-    }
-    return render_page(request, "index.html", context, key)
+
+    async def load() -> dict[str, Any]:
+        async with pool.acquire() as conn:
+            rows = await db.list_runs(conn, limit=settings.page_size + 1, **query)
+            jobs = await db.known_jobs(conn)
+        more = len(rows) > settings.page_size
+        rows = rows[: settings.page_size]
+        directory = worker_directory(request)
+        filters = {k: v for k, v in {"status": query["status"], "job": query["job"], "q": query["search"]}.items() if v}
+        return {
+            "runs": [present_run(r, directory) for r in rows],
+            "jobs": jobs,
+            "statuses": STATUSES,
+            "filters": filters,
+            "next_cursor": encode_cursor(rows[-1]) if more and rows else None,
+            "paged": query["before"] is not None,
+            # New runs are inserted live only where they belong: the first page, unfiltered.
+            "live_insert": query["before"] is None and not filters,
+            "notice": request.query.get("notice", "")[:200],
+        }
+
+    return await cached(request, "index.html", load)
 
 
 def _run_name(request: web.Request) -> str:
@@ -313,18 +312,19 @@ async def load_run(request: web.Request, after: int, limit: int) -> tuple[asyncp
 async def run_detail(request: web.Request) -> web.Response:
     """One run: header, final statistics, and its details in the order they happened, a page at a time."""
     after = after_param(request)
-    key, cached = await cached_page(request)
-    if cached is not None:
-        return cached
-    run, details, next_after, total = await load_run(request, after, DETAILS_PER_PAGE)
-    context = {
-        "run": present_run(run, worker_directory(request)),
-        "details": [Row(d) for d in details],
-        "total_details": total,
-        "after": after,
-        "next_after": next_after,
-    }
-    return render_page(request, "run.html", context, key)
+    _run_name(request)
+
+    async def load() -> dict[str, Any]:
+        run, details, next_after, total = await load_run(request, after, DETAILS_PER_PAGE)
+        return {
+            "run": present_run(run, worker_directory(request)),
+            "details": [Row(d) for d in details],
+            "total_details": total,
+            "after": after,
+            "next_after": next_after,
+        }
+
+    return await cached(request, "run.html", load)
 
 
 def orders_query(request: web.Request) -> dict[str, Any]:
