@@ -57,7 +57,8 @@ def postgres_dsn() -> Iterator[str]:
     shutil.rmtree(home, ignore_errors=True)
 
 
-async def _admin(dsn: str) -> asyncpg.Connection:
+async def connect_when_up(dsn: str) -> asyncpg.Connection:
+    """A connection once the server accepts them (its port opens before it does)."""
     for _ in range(100):
         try:
             return await asyncpg.connect(dsn)
@@ -70,7 +71,7 @@ async def _admin(dsn: str) -> asyncpg.Connection:
 async def template_database(postgres_dsn: str) -> AsyncIterator[str]:
     """A migrated database that each test's database is cloned from."""
     name = f"joblog_tpl_{uuid.uuid4().hex[:10]}"
-    admin = await _admin(postgres_dsn)
+    admin = await connect_when_up(postgres_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     conn = await asyncpg.connect(with_database(postgres_dsn, name))
     await migrate(conn)
@@ -84,7 +85,7 @@ async def template_database(postgres_dsn: str) -> AsyncIterator[str]:
 async def database_url(postgres_dsn: str, template_database: str) -> AsyncIterator[str]:
     """This test's own migrated database."""
     name = f"joblog_t_{uuid.uuid4().hex[:12]}"
-    admin = await _admin(postgres_dsn)
+    admin = await connect_when_up(postgres_dsn)
     await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield with_database(postgres_dsn, name)
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

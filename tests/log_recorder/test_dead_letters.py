@@ -16,19 +16,9 @@ from joblog.servers import EmbeddedPostgres
 from services.log_recorder.main import run as run_recorder
 from services.log_recorder.rebuild import rebuild
 from services.log_recorder.settings import RecorderSettings
-from tests.conftest import eventually
+from tests.conftest import connect_when_up, eventually
 from tests.factories import T0, run_events, snapshot
 from tests.log_recorder.conftest import as_payloads, drained, in_order_tables, publish_many
-
-
-async def connect_when_up(dsn: str) -> asyncpg.Connection:
-    """A connection once the server accepts them (its port opens before it does)."""
-    for _ in range(100):
-        try:
-            return await asyncpg.connect(dsn)
-        except (OSError, asyncpg.CannotConnectNowError):
-            await asyncio.sleep(0.2)
-    return await asyncpg.connect(dsn)
 
 
 def malformed(subjects, count: int, max_bytes: int) -> list[tuple[str, bytes, str]]:  # type: ignore[no-untyped-def]

@@ -100,6 +100,17 @@ async def _project(conn: asyncpg.Connection, batches: list[list]) -> dict:  # ty
     return await snapshot(conn)
 
 
+def split(events: list, sizes: list[int]) -> list[list]:  # type: ignore[type-arg]
+    """Consecutive batches of the given sizes, cycling through them."""
+    batches, i = [], 0
+    for size in itertools.cycle(sizes):
+        if i >= len(events):
+            return batches
+        batches.append(events[i : i + size])
+        i += size
+    return batches
+
+
 RUNS = [run_events(name="20261129083000", steps=3, updates=3), run_events(name="20261129083001", steps=2, fail=True)]
 ALL_EVENTS = [e for run in RUNS for e in run]
 
@@ -113,13 +124,7 @@ ALL_EVENTS = [e for run in RUNS for e in run]
 async def test_any_order_with_duplicates_projects_like_in_order_delivery(db, order, duplicates, cuts):
     expected = await _project(db, [ALL_EVENTS])
     shuffled = [ALL_EVENTS[i] for i in order] + [ALL_EVENTS[i] for i in duplicates]
-    batches, i = [], 0
-    for size in itertools.cycle(cuts):
-        if i >= len(shuffled):
-            break
-        batches.append(shuffled[i : i + size])
-        i += size
-    assert await _project(db, batches) == expected
+    assert await _project(db, split(shuffled, cuts)) == expected
 
 
 async def test_every_event_twice_and_shuffled_end_to_end_gives_the_in_order_tables(services, js, subjects, recorder_settings, db):
@@ -161,10 +166,4 @@ async def test_a_deletion_anywhere_among_the_events_deletes_the_same_runs(db, or
     expected = await _project_with_deletions(db, [ALL_EVENTS, [DELETION]])
     assert [r["name"] for r in expected["job_logs"]] == ["20261129083000"]
     shuffled = [events[i] for i in order] + [events[i] for i in duplicates]
-    batches, i = [], 0
-    for size in itertools.cycle(cuts):
-        if i >= len(shuffled):
-            break
-        batches.append(shuffled[i : i + size])
-        i += size
-    assert await _project_with_deletions(db, batches) == expected
+    assert await _project_with_deletions(db, split(shuffled, cuts)) == expected
