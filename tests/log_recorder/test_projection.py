@@ -13,7 +13,7 @@ from services.log_recorder.main import run as run_recorder
 from services.log_recorder.projection import Batch
 from tests.conftest import eventually
 from tests.factories import publish, run_events, snapshot
-from tests.log_recorder.conftest import as_payloads, drained, in_order_tables, publish_many
+from tests.log_recorder.conftest import as_payloads, drained, in_order_tables, project_batches, publish_many
 
 
 async def applied(conn: asyncpg.Connection, count: int) -> bool:
@@ -89,17 +89,6 @@ async def test_status_never_moves_back(db):
     assert await db.fetchval("SELECT status FROM job_logs") == "success"
 
 
-async def _project(conn: asyncpg.Connection, batches: list[list]) -> dict:  # type: ignore[type-arg]
-    await conn.execute("DELETE FROM job_logs")  # tiny tables: cheaper than TRUNCATE, details go by cascade
-    for events in batches:
-        batch = Batch()
-        for event in events:
-            batch.add(event)
-        async with conn.transaction():
-            await recorder_db.apply_batch(conn, batch)
-    return await snapshot(conn)
-
-
 def split(events: list, sizes: list[int]) -> list[list]:  # type: ignore[type-arg]
     """Consecutive batches of the given sizes, cycling through them."""
     batches, i = [], 0
@@ -122,9 +111,9 @@ ALL_EVENTS = [e for run in RUNS for e in run]
     cuts=st.lists(st.integers(1, 8), min_size=1, max_size=10),
 )
 async def test_any_order_with_duplicates_projects_like_in_order_delivery(db, order, duplicates, cuts):
-    expected = await _project(db, [ALL_EVENTS])
+    expected = await project_batches(db, [ALL_EVENTS])
     shuffled = [ALL_EVENTS[i] for i in order] + [ALL_EVENTS[i] for i in duplicates]
-    assert await _project(db, split(shuffled, cuts)) == expected
+    assert await project_batches(db, split(shuffled, cuts)) == expected
 
 
 async def test_every_event_twice_and_shuffled_end_to_end_gives_the_in_order_tables(services, js, subjects, recorder_settings, db):
@@ -152,7 +141,7 @@ DELETION = RunsDeleted(names=["20261129083001"], requested_by="admin")
 
 async def _project_with_deletions(conn: asyncpg.Connection, batches: list[list]) -> dict:  # type: ignore[type-arg]
     await conn.execute("DELETE FROM deleted_runs; DELETE FROM run_deletions")
-    return await _project(conn, batches)
+    return await project_batches(conn, batches)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -116,42 +116,41 @@ async def test_a_large_import_updates_one_progress_detail_in_place(services, mak
     assert run["last_seq"] == run["terminal_seq"]
 
 
-async def test_values_the_database_could_not_store_are_invalid_rows_not_a_failed_run(services, make_worker_settings, recorder_settings, db, tmp_path: Path):
+async def _sync_with_bad_rows(services, make_worker_settings, recorder_settings, db, tmp_path: Path, bad: dict[int, dict[str, str]]):  # type: ignore[no-untyped-def]
+    """Sync 10 orders of which `bad` (index -> field values) are broken; returns the run and its warnings."""
     rows = list(generate_orders(10))
-    rows[3]["line_count"] = "99999999999"
-    rows[5]["total_amount"] = "123456789012345.00"
+    for index, values in bad.items():
+        rows[index].update(values)
     source = tmp_path / "orders.csv"
     write_csv(source, rows)
     settings = make_worker_settings(orders_csv_path=source)
     await services(run_recorder, recorder_settings)
     await services(run_worker, settings)
-
     await send_trigger(settings, "sync_open_orders")
     run = await finished_run(db)
+    warnings = [d["message"] for d in await details_of(db, run["id"]) if d["level"] == "warning"]
+    return run, warnings
 
+
+async def test_values_the_database_could_not_store_are_invalid_rows_not_a_failed_run(services, make_worker_settings, recorder_settings, db, tmp_path: Path):
+    run, warnings = await _sync_with_bad_rows(
+        services, make_worker_settings, recorder_settings, db, tmp_path,
+        {3: {"line_count": "99999999999"}, 5: {"total_amount": "123456789012345.00"}},
+    )
     assert run["status"] == "success"
     assert json.loads(run["stats"])["invalid"] == 2 and json.loads(run["stats"])["created"] == 8
-    warnings = [d["message"] for d in await details_of(db, run["id"]) if d["level"] == "warning"]
     assert any("SO-100003" in w and "line_count" in w for w in warnings)
     assert any("SO-100005" in w and "total_amount" in w for w in warnings)
 
 
 async def test_a_nul_character_in_a_source_value_is_an_invalid_row_not_a_failed_run(services, make_worker_settings, recorder_settings, db, tmp_path: Path):
-    rows = list(generate_orders(10))
-    rows[2]["customer_name"] = "ACME\x00GmbH"  # legacy ERPs do this; Postgres text cannot hold it
-    rows[4]["order_number"] = "SO-1\x0004"
-    source = tmp_path / "orders.csv"
-    write_csv(source, rows)
-    settings = make_worker_settings(orders_csv_path=source)
-    await services(run_recorder, recorder_settings)
-    await services(run_worker, settings)
-
-    await send_trigger(settings, "sync_open_orders")
-    run = await finished_run(db)
-
+    run, warnings = await _sync_with_bad_rows(
+        services, make_worker_settings, recorder_settings, db, tmp_path,
+        # legacy ERPs do this; Postgres text cannot hold it
+        {2: {"customer_name": "ACME\x00GmbH"}, 4: {"order_number": "SO-1\x0004"}},
+    )
     assert run["status"] == "success"
     assert json.loads(run["stats"])["invalid"] == 2 and json.loads(run["stats"])["created"] == 8
-    warnings = [d["message"] for d in await details_of(db, run["id"]) if d["level"] == "warning"]
     assert any("SO-100002" in w and "customer_name" in w for w in warnings)
     assert any("SO-1\\x0004" in w and "order_number" in w for w in warnings)  # shown, not dead-lettered
     assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
