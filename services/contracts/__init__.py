@@ -5,6 +5,7 @@ This package imports nothing from the services.
 """
 from services.contracts.events import (
     SCHEMA_VERSION,
+    ActionTaken,
     EventAdapter,
     JobDescription,
     JobEvent,
@@ -18,12 +19,15 @@ from services.contracts.events import (
     StepLogged,
     TriggerRequested,
     WorkerHeartbeat,
+    WorkerStopped,
     parse_event,
+    parse_worker_event,
 )
 from services.contracts.subjects import Subjects
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ActionTaken",
     "EventAdapter",
     "JobDescription",
     "JobEvent",
@@ -38,5 +42,7 @@ __all__ = [
     "Subjects",
     "TriggerRequested",
     "WorkerHeartbeat",
+    "WorkerStopped",
     "parse_event",
+    "parse_worker_event",
 ]

@@ -16,6 +16,12 @@ TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 StepLevel = Literal["debug", "info", "warning", "error"]
 TriggerKind = Literal["manual", "schedule", "cli", "retry", "startup"]
+# A pid and the other counters Postgres stores as int4.
+INT4_MAX: Final = 2**31 - 1
+INCARNATION_DESCRIPTION = (
+    "The worker process (a fresh id per start) that holds the run; its heartbeats list the runs it holds. "
+    "Optional: events of older workers have none."
+)
 
 
 def utcnow() -> datetime:
@@ -51,6 +57,8 @@ class RunCreated(JobEvent):
     trigger: TriggerKind = "manual"
     worker_id: str = Field(pattern=TOKEN_PATTERN)
     requested_by: str | None = Field(default=None, max_length=200)
+    incarnation: uuid.UUID | None = Field(default=None, description=INCARNATION_DESCRIPTION)
+    command_id: str | None = Field(default=None, max_length=200, description="The trigger command that asked for this run.")
 
 
 class RunStarted(JobEvent):
@@ -59,7 +67,8 @@ class RunStarted(JobEvent):
     type: Literal["run.started"] = "run.started"
     worker_id: str = Field(pattern=TOKEN_PATTERN)
     host: str = Field(max_length=255)
-    pid: int
+    pid: int = Field(ge=0, le=INT4_MAX)
+    incarnation: uuid.UUID | None = Field(default=None, description=INCARNATION_DESCRIPTION)
 
 
 class StepLogged(JobEvent):
@@ -130,17 +139,67 @@ class JobDescription(_Frozen):
 
 
 class WorkerHeartbeat(_Frozen):
-    """A worker is alive and running these runs."""
+    """A worker is alive and holds these runs (its leases: a run it stops listing is no longer held)."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     type: Literal["worker.heartbeat"] = "worker.heartbeat"
     worker_id: str = Field(pattern=TOKEN_PATTERN)
+    incarnation: uuid.UUID | None = Field(default=None, description="This process: a fresh id per start.")
     host: str = Field(max_length=255)
-    pid: int
+    pid: int = Field(ge=0, le=INT4_MAX)
     started_at: AwareDatetime
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
-    running: list[uuid.UUID] = Field(default_factory=list, description="run_ids in progress on this worker.")
-    jobs: list[JobDescription] = Field(default_factory=list)
+    running: list[uuid.UUID] = Field(
+        default_factory=list, max_length=10_000, description="run_ids this incarnation holds (in progress)."
+    )
+    jobs: list[JobDescription] = Field(default_factory=list, max_length=1000)
+
+
+class WorkerStopped(_Frozen):
+    """A worker process stopped cleanly (SIGTERM: a deploy, a scale-down): it is stopped, not lost.
+
+    Every run it held has its terminal event committed; the ones in pending_runs were still in the
+    outbox when it stopped, and the next worker's relay publishes them. No verdict follows a stop.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["worker.stopped"] = "worker.stopped"
+    worker_id: str = Field(pattern=TOKEN_PATTERN)
+    incarnation: uuid.UUID
+    host: str = Field(max_length=255)
+    pid: int = Field(ge=0, le=INT4_MAX)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    pending_runs: list[uuid.UUID] = Field(
+        default_factory=list, max_length=10_000, description="Runs whose results were still in the outbox."
+    )
+
+
+WorkerEvent = Annotated[Union[WorkerHeartbeat, WorkerStopped], Field(discriminator="type")]
+WorkerEventAdapter: TypeAdapter[WorkerEvent] = TypeAdapter(WorkerEvent)
+
+
+def parse_worker_event(payload: bytes | str) -> WorkerHeartbeat | WorkerStopped:
+    """Validate a heartbeat or a stop from its JSON; raises pydantic.ValidationError."""
+    return WorkerEventAdapter.validate_json(payload)
+
+
+# What a person did through the web or the CLI, kept on the run stream as the audit trail.
+ActionKind = Literal["trigger", "retry", "delete_runs", "delete_before", "pause", "resume", "cancel", "bulk_retry"]
+
+
+class ActionTaken(_Frozen):
+    """Someone acted on the system (the audit trail): who, what, on what, from where."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["action.taken"] = "action.taken"
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    actor: str = Field(min_length=1, max_length=200, description="The account (web) or 'cli:<user>'.")
+    action: ActionKind
+    job: str | None = Field(default=None, pattern=TOKEN_PATTERN)
+    target: str | None = Field(default=None, max_length=200, description="A run name, a command id, a cutoff ...")
+    detail: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(default=None, max_length=200, description="Client address or 'cli'.")
 
 
 class TriggerRequested(_Frozen):

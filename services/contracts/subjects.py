@@ -2,7 +2,9 @@
 
     {prefix}.run.{job}.{name}.{kind}     run events; kind is created|started|step|succeeded|failed
     {prefix}.retention.deleted           runs deleted by an administrator (on the run stream)
+    {prefix}.action.{action}             the audit trail: who did what (on the run stream)
     {prefix}.worker.{worker_id}.heartbeat
+    {prefix}.worker.{worker_id}.stopped  a worker process stopped cleanly
     {prefix}.cmd.trigger.{job}           commands to the workers (a work-queue stream)
 """
 from __future__ import annotations
@@ -32,8 +34,21 @@ class Subjects:
         return f"{self.prefix}.retention.deleted"
 
     @property
+    def actions(self) -> str:
+        return f"{self.prefix}.action.*"
+
+    @property
     def heartbeats(self) -> str:
         return f"{self.prefix}.worker.*.heartbeat"
+
+    @property
+    def worker_stops(self) -> str:
+        return f"{self.prefix}.worker.*.stopped"
+
+    @property
+    def worker_events(self) -> str:
+        """Heartbeats and stops: what follows a worker's liveness."""
+        return f"{self.prefix}.worker.*.*"
 
     @property
     def triggers(self) -> str:
@@ -54,6 +69,12 @@ class Subjects:
     def for_heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}.worker.{worker_id}.heartbeat"
 
+    def for_worker_stop(self, worker_id: str) -> str:
+        return f"{self.prefix}.worker.{worker_id}.stopped"
+
+    def for_action(self, action: str) -> str:
+        return f"{self.prefix}.action.{action}"
+
     def for_trigger(self, job: str) -> str:
         return f"{self.prefix}.cmd.trigger.{job}"
 
@@ -62,7 +83,7 @@ class Subjects:
         return [
             StreamConfig(
                 name=self.stream,
-                subjects=[self.runs, self.retention],
+                subjects=[self.runs, self.retention, self.actions],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
@@ -71,7 +92,7 @@ class Subjects:
             ),
             StreamConfig(
                 name=self.heartbeat_stream,
-                subjects=[self.heartbeats],
+                subjects=[self.heartbeats, self.worker_stops],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 max_age=3600.0,
@@ -108,6 +129,14 @@ async def publish_trigger(js, subjects: Subjects, command) -> None:  # type: ign
     await js.publish(
         subjects.for_trigger(command.job), command.model_dump_json().encode(),
         headers={"Nats-Msg-Id": command.command_id},
+    )
+
+
+async def publish_action(js, subjects: Subjects, action) -> None:  # type: ignore[no-untyped-def]
+    """Put one ActionTaken (the audit trail) on the run stream; its event_id de-duplicates."""
+    await js.publish(
+        subjects.for_action(action.action), action.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": str(action.event_id)},
     )
 
 

@@ -12,13 +12,18 @@ import jsonschema
 import pytest
 
 from joblog import schema
-from services.contracts import RunsDeleted, Subjects, TriggerRequested, WorkerHeartbeat, parse_event
+from services.contracts import (
+    ActionTaken, RunsDeleted, Subjects, TriggerRequested, WorkerHeartbeat, WorkerStopped, parse_event,
+)
 from tests.factories import run_events
 
 ROOT = Path(__file__).parents[2]
 SCHEMA_DIR = ROOT / "docs" / "schema"
 EVENTS_MD = ROOT / "docs" / "events.md"
-NON_RUN_MODELS = {"runs.deleted": RunsDeleted, "worker.heartbeat": WorkerHeartbeat, "trigger.requested": TriggerRequested}
+NON_RUN_MODELS = {
+    "runs.deleted": RunsDeleted, "worker.heartbeat": WorkerHeartbeat, "trigger.requested": TriggerRequested,
+    "worker.stopped": WorkerStopped, "action.taken": ActionTaken,
+}
 
 
 def published_schema() -> dict[str, Any]:
