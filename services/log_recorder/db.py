@@ -11,8 +11,8 @@ from datetime import datetime
 from functools import cache
 import asyncpg
 
-from services.contracts import WorkerHeartbeat
-from services.log_recorder.projection import Batch
+from services.contracts import WorkerHeartbeat, WorkerStopped
+from services.log_recorder.projection import Batch, action_columns, scrub
 
 
 @dataclass(frozen=True)
@@ -39,26 +39,26 @@ _TERMINAL_COLUMNS = (
     "error_traceback", "failed_step",
 )
 
-# Runs deleted by an administrator stay deleted: tombstoned names and the latest cutoff are skipped.
+# Runs deleted by an administrator stay deleted: their names are tombstoned. A cutoff is applied once,
+# where it stands in the stream, and never kept as a filter (it would hide runs created later).
 _NOT_DELETED = """
-WHERE NOT EXISTS (SELECT 1 FROM deleted_runs t WHERE t.name = s.name)
-  AND s.created_at >= COALESCE((SELECT max(created_before) FROM run_deletions), '-infinity')"""
+WHERE NOT EXISTS (SELECT 1 FROM deleted_runs t WHERE t.name = s.name)"""
 
 UPSERT_RUNS = f"""
 INSERT INTO {{runs}} AS j (
     id, name, job, status, terminal_seq, trigger, requested_by, worker_id, host, created_at, updated_at,
     started_at, finished_at, duration_ms, stats, error_class, error_message, error_traceback,
-    failed_step, last_seq)
+    failed_step, last_seq, incarnation, command_id)
 SELECT s.id, s.name, s.job, s.status, s.terminal_seq, s.trigger, s.requested_by, s.worker_id, s.host,
        s.created_at, s.updated_at, s.started_at, s.finished_at, s.duration_ms, s.stats::jsonb,
-       s.error_class, s.error_message, s.error_traceback, s.failed_step, s.last_seq
+       s.error_class, s.error_message, s.error_traceback, s.failed_step, s.last_seq, s.incarnation, s.command_id
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
             $13::timestamptz[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[],
-            $19::text[], $20::int[])
+            $19::text[], $20::int[], $21::uuid[], $22::text[])
      AS s(id, name, job, status, terminal_seq, trigger, requested_by, worker_id, host, created_at,
           updated_at, started_at, finished_at, duration_ms, stats, error_class, error_message,
-          error_traceback, failed_step, last_seq)
+          error_traceback, failed_step, last_seq, incarnation, command_id)
 {_NOT_DELETED}
 ON CONFLICT (id) DO UPDATE SET
     status = CASE
@@ -72,6 +72,8 @@ ON CONFLICT (id) DO UPDATE SET
     worker_id = COALESCE(j.worker_id, EXCLUDED.worker_id),
     host = COALESCE(j.host, EXCLUDED.host),
     started_at = COALESCE(j.started_at, EXCLUDED.started_at),
+    incarnation = COALESCE(EXCLUDED.incarnation, j.incarnation),
+    command_id = COALESCE(j.command_id, EXCLUDED.command_id),
     created_at = LEAST(j.created_at, EXCLUDED.created_at),
     updated_at = GREATEST(j.updated_at, EXCLUDED.updated_at),
     last_seq = GREATEST(j.last_seq, EXCLUDED.last_seq)
@@ -126,6 +128,15 @@ ON CONFLICT (name) DO NOTHING
 
 DELETE_RUNS_BY_NAME = "DELETE FROM {runs} WHERE name = ANY($1::text[])"
 
+INSERT_ACTIONS = """
+INSERT INTO actions (event_id, occurred_at, actor, action, job, target, detail, source, stream_seq)
+SELECT s.event_id, s.occurred_at, s.actor, s.action, s.job, s.target, s.detail::jsonb, s.source, s.stream_seq
+FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::bigint[])
+     AS s(event_id, occurred_at, actor, action, job, target, detail, source, stream_seq)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
 DELETE_RUNS_CREATED_BEFORE = """
 WITH gone AS (DELETE FROM {runs} WHERE created_at < $1 RETURNING name)
 INSERT INTO deleted_runs (name, deleted_at, event_id)
@@ -137,8 +148,15 @@ ON CONFLICT (name) DO NOTHING
 async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = LIVE) -> None:
     """Write a reduced batch; the caller owns the transaction.
 
-    Deletions go first, so the batch's events of a deleted run are skipped whatever their order.
+    A batch ends at a deletion (Batch.closed), so the deletion goes last: it removes what came before
+    it in the stream, and tombstones the names so that their later events are skipped.
     """
+    if batch.runs:
+        await conn.execute(sql(UPSERT_RUNS, tables), *batch.run_columns())
+    if batch.details:
+        await conn.execute(sql(UPSERT_DETAILS, tables), *batch.detail_columns())
+    if batch.actions:
+        await conn.execute(INSERT_ACTIONS, *action_columns(batch.actions))
     for deleted, stream_seq in batch.deletions:
         await conn.execute(
             RECORD_DELETION, deleted.event_id, deleted.names, deleted.created_before, deleted.requested_by,
@@ -151,10 +169,6 @@ async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = L
             await conn.execute(
                 sql(DELETE_RUNS_CREATED_BEFORE, tables), deleted.created_before, deleted.occurred_at, deleted.event_id
             )
-    if batch.runs:
-        await conn.execute(sql(UPSERT_RUNS, tables), *batch.run_columns())
-    if batch.details:
-        await conn.execute(sql(UPSERT_DETAILS, tables), *batch.detail_columns())
     if tables is LIVE and (batch.runs or batch.deletions):
         await bump_version(conn)
 
@@ -178,45 +192,104 @@ async def track_position(
     await conn.execute(TRACK_POSITION, consumer, stream_seq, last_event_at, applied)
 
 
-UPSERT_WORKERS = """
-INSERT INTO workers AS w (worker_id, host, pid, started_at, last_seen_at, running, jobs)
--- unnest cannot take ragged uuid arrays: running travels as one '{...}' literal per worker.
-SELECT s.worker_id, s.host, s.pid, s.started_at, s.last_seen_at, s.running::uuid[], s.jobs::jsonb
-FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[])
-     AS s(worker_id, host, pid, started_at, last_seen_at, running, jobs)
+# Heartbeats ----------------------------------------------------------------------------------
+# Each is written on its own (a savepoint each): one that Postgres refuses is dropped with a warning
+# and never stops the others, nor the judge.
+
+UPSERT_WORKER = """
+INSERT INTO workers AS w (worker_id, host, pid, started_at, last_seen_at, jobs, stopped_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
 ON CONFLICT (worker_id) DO UPDATE SET
     host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
-    last_seen_at = EXCLUDED.last_seen_at, running = EXCLUDED.running, jobs = EXCLUDED.jobs,
-    lost_at = NULL
-WHERE EXCLUDED.last_seen_at > w.last_seen_at
+    last_seen_at = EXCLUDED.last_seen_at, jobs = COALESCE(EXCLUDED.jobs, w.jobs),
+    stopped_at = EXCLUDED.stopped_at, lost_at = NULL
+WHERE EXCLUDED.last_seen_at >= w.last_seen_at
+"""
+
+UPSERT_INCARNATION = """
+INSERT INTO worker_incarnations AS i (incarnation, worker_id, host, pid, started_at, first_seen_at, last_seen_at, stopped_at)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+ON CONFLICT (incarnation) DO UPDATE SET
+    last_seen_at = GREATEST(i.last_seen_at, EXCLUDED.last_seen_at),
+    first_seen_at = LEAST(i.first_seen_at, EXCLUDED.first_seen_at),
+    stopped_at = COALESCE(i.stopped_at, EXCLUDED.stopped_at)
+"""
+
+# The runs a heartbeat lists are held by its incarnation, as of the heartbeat's time.
+RENEW_LEASES = """
+INSERT INTO run_leases AS l (run_id, incarnation, listed_at)
+SELECT unnest($1::uuid[]), $2, $3
+ON CONFLICT (run_id) DO UPDATE SET
+    incarnation = EXCLUDED.incarnation, listed_at = GREATEST(l.listed_at, EXCLUDED.listed_at)
 """
 
 
-async def record_heartbeats(conn: asyncpg.Connection, beats: dict[str, tuple[WorkerHeartbeat, datetime]]) -> None:
-    """Store the latest heartbeat of each worker (seen_at: JetStream's time of the message)."""
-    if not beats:
+async def record_worker_event(conn: asyncpg.Connection, event: WorkerHeartbeat | WorkerStopped, seen_at: datetime) -> None:
+    """Store one heartbeat or stop (seen_at: JetStream's time of the message); the caller owns the transaction."""
+    stopped_at = seen_at if isinstance(event, WorkerStopped) else None
+    jobs = json.dumps([j.model_dump() for j in event.jobs]) if isinstance(event, WorkerHeartbeat) else None
+    started_at = event.started_at if isinstance(event, WorkerHeartbeat) else seen_at
+    host = scrub(event.host)
+    await conn.execute(UPSERT_WORKER, event.worker_id, host, event.pid, started_at, seen_at, jobs, stopped_at)
+    if event.incarnation is None:
         return
-    rows = sorted(beats.values(), key=lambda b: b[0].worker_id)
-    await conn.execute(
-        UPSERT_WORKERS,
-        [b.worker_id for b, _ in rows], [b.host for b, _ in rows], [b.pid for b, _ in rows],
-        [b.started_at for b, _ in rows], [seen for _, seen in rows],
-        ["{" + ",".join(str(r) for r in b.running) + "}" for b, _ in rows],
-        [json.dumps([j.model_dump() for j in b.jobs]) for b, _ in rows],
-    )
+    await conn.execute(UPSERT_INCARNATION, event.incarnation, event.worker_id, host, event.pid, started_at, seen_at, stopped_at)
+    if isinstance(event, WorkerHeartbeat) and event.running:
+        await conn.execute(RENEW_LEASES, list(event.running), event.incarnation, seen_at)
 
 
-# Runs still open whose worker has not been heard from since the cutoff.
+# Judging --------------------------------------------------------------------------------------
+
+# Open runs the judge has not seen before start their lease now (JetStream's clock).
+NOTICE_OPEN_RUNS = """
+INSERT INTO run_leases (run_id, incarnation, noticed_at)
+SELECT j.id, j.incarnation, $1 FROM job_logs j
+WHERE j.status IN ('new', 'processing') AND j.incarnation IS NOT NULL
+ON CONFLICT (run_id) DO UPDATE SET noticed_at = COALESCE(run_leases.noticed_at, EXCLUDED.noticed_at)
+"""
+
+# A run is orphaned when its incarnation did not stop cleanly and either no heartbeat of it has
+# listed the run since the cutoff, or a newer process of the same worker id began beating after
+# the old one fell silent (a restarted container keeps its worker id). Runs of events without an
+# incarnation (older workers) are judged by their worker id's heartbeats, as before.
 ORPHANED_RUNS = """
-SELECT j.id, j.name, j.job, w.worker_id, w.last_seen_at
+SELECT j.id, j.name, j.job, j.worker_id, j.incarnation,
+       GREATEST(l.listed_at, l.noticed_at) AS last_seen_at,
+       (SELECT min(n.first_seen_at) FROM worker_incarnations n
+         WHERE n.worker_id = j.worker_id AND n.incarnation <> j.incarnation
+           AND n.first_seen_at > GREATEST(l.listed_at, l.noticed_at, i.last_seen_at)) AS replaced_at
+FROM job_logs j
+JOIN run_leases l ON l.run_id = j.id
+LEFT JOIN worker_incarnations i ON i.incarnation = j.incarnation
+WHERE j.status IN ('new', 'processing') AND j.incarnation IS NOT NULL AND i.stopped_at IS NULL
+  AND (GREATEST(l.listed_at, l.noticed_at) < $1
+       OR EXISTS (SELECT 1 FROM worker_incarnations n
+                   WHERE n.worker_id = j.worker_id AND n.incarnation <> j.incarnation
+                     AND n.first_seen_at > GREATEST(l.listed_at, l.noticed_at, i.last_seen_at)))
+UNION ALL
+SELECT j.id, j.name, j.job, w.worker_id, NULL, w.last_seen_at, NULL
 FROM job_logs j JOIN workers w ON w.worker_id = j.worker_id
-WHERE j.status IN ('new', 'processing') AND w.last_seen_at < $1
-ORDER BY j.id
+WHERE j.status IN ('new', 'processing') AND j.incarnation IS NULL AND w.last_seen_at < $1 AND w.stopped_at IS NULL
+ORDER BY 1
 """
 
 MARK_WORKERS_LOST = """
 UPDATE workers SET lost_at = now() WHERE worker_id = ANY($1::text[]) AND lost_at IS NULL AND last_seen_at < $2
 """
+
+# Leases of runs that have ended, and processes long gone, are of no further use.
+FORGET_ENDED = """
+WITH ended AS (
+    DELETE FROM run_leases l WHERE NOT EXISTS (
+        SELECT 1 FROM job_logs j WHERE j.id = l.run_id AND j.status IN ('new', 'processing'))
+      AND COALESCE(l.listed_at, l.noticed_at) < $1
+)
+DELETE FROM worker_incarnations WHERE last_seen_at < $2
+"""
+
+
+async def notice_open_runs(conn: asyncpg.Connection, now: datetime) -> None:
+    await conn.execute(NOTICE_OPEN_RUNS, now)
 
 
 async def orphaned_runs(conn: asyncpg.Connection, seen_before: datetime) -> list[asyncpg.Record]:
@@ -227,18 +300,5 @@ async def mark_workers_lost(conn: asyncpg.Connection, worker_ids: list[str], see
     await conn.execute(MARK_WORKERS_LOST, worker_ids, seen_before)
 
 
-RECORD_LAG = """
-INSERT INTO projection_state AS p (consumer, num_pending, num_ack_pending, num_redelivered, stream_last_seq, lag_checked_at)
-VALUES ($1, $2, $3, $4, $5, now())
-ON CONFLICT (consumer) DO UPDATE SET
-    num_pending = EXCLUDED.num_pending, num_ack_pending = EXCLUDED.num_ack_pending,
-    num_redelivered = EXCLUDED.num_redelivered, stream_last_seq = EXCLUDED.stream_last_seq,
-    lag_checked_at = EXCLUDED.lag_checked_at
-"""
-
-
-async def record_lag(
-    conn: asyncpg.Connection, consumer: str, pending: int, ack_pending: int, redelivered: int, stream_last_seq: int
-) -> None:
-    """JetStream's view of the consumer's lag, for the Jobs Monitor and /metrics."""
-    await conn.execute(RECORD_LAG, consumer, pending, ack_pending, redelivered, stream_last_seq)
+async def forget_ended(conn: asyncpg.Connection, leases_before: datetime, processes_before: datetime) -> None:
+    await conn.execute(FORGET_ENDED, leases_before, processes_before)

@@ -16,43 +16,44 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from services.contracts import RunsDeleted, parse_event
+from services.contracts import ActionTaken, RunsDeleted, parse_event
 from services.contracts.subjects import close_nats, ensure_streams
 from services.log_recorder import db
-from services.log_recorder.errors import DeadLetter
+from services.log_recorder.errors import TRANSIENT, DeadLetter, is_refused
 from services.log_recorder.projection import Batch
 from services.log_recorder.settings import RecorderSettings
 from services.log_recorder.watchdog import Watchdog
 
 log = structlog.get_logger("joblog.recorder")
 
-# Errors after which the same batch is tried again (the database is away), never dead-lettered.
-TRANSIENT = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-             asyncpg.CannotConnectNowError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
-             asyncpg.AdminShutdownError, asyncpg.InvalidCachedStatementError, asyncpg.InternalClientError)
-# A value the contract allows but Postgres refuses (a seq beyond int4, JSON's Infinity): retrying never helps.
-# The client-side DataError is an InterfaceError, so it is caught before TRANSIENT.
-REFUSED = (asyncpg.DataError, asyncpg.exceptions._base.DataError, asyncpg.CardinalityViolationError)
-
-
 # A dead letter: subject, raw payload, reason, stream sequence.
 Letter = tuple[str, bytes, str, int | None]
-# A batch of messages reduced: the projection's rows, the dead letters, the highest stream sequence.
-Reduced = tuple[Batch, list[Letter], int]
+# A batch of messages reduced: the projection's batches (each ends at a deletion), the dead letters,
+# the highest stream sequence.
+Reduced = tuple[list[Batch], list[Letter], int]
 
 
-def refused(message: Msg, error: Exception, stream_seq: int | None) -> Letter:
+def letter(message: Msg, reason: str) -> Letter:
+    return message.subject, bytes(message.data), reason[:2000], _stream_seq(message)
+
+
+def refused(message: Msg, error: Exception, stream_seq: int | None = None) -> Letter:
     """The dead letter of a message whose event Postgres refuses to store."""
-    return message.subject, bytes(message.data), f"refused by Postgres: {type(error).__name__}: {error}"[:2000], stream_seq
+    return message.subject, bytes(message.data), f"refused by Postgres: {type(error).__name__}: {error}"[:2000], (
+        stream_seq if stream_seq is not None else _stream_seq(message))
 
 
-def classify(message: Msg, max_bytes: int, retention_subject: str) -> Any:
+def classify(message: Msg, max_bytes: int, subjects: Any) -> Any:
     """The event in a message, or raise DeadLetter saying why it can never be applied."""
     if len(message.data) > max_bytes:
         raise DeadLetter(f"too large: {len(message.data)} bytes (limit {max_bytes})")
     try:
-        if message.subject == retention_subject:
-            return RunsDeleted.model_validate_json(message.data)
+        if message.subject == subjects.retention:
+            deleted = RunsDeleted.model_validate_json(message.data)
+            _check_cutoff(deleted, message)
+            return deleted
+        if message.subject.startswith(subjects.actions[:-1]):
+            return ActionTaken.model_validate_json(message.data)
         return parse_event(message.data)
     except ValidationError as error:
         errors = error.errors()
@@ -65,12 +66,28 @@ def classify(message: Msg, max_bytes: int, retention_subject: str) -> Any:
         raise DeadLetter(f"{kind}: {where}: {first['msg']}") from None
 
 
+def _check_cutoff(deleted: RunsDeleted, message: Msg) -> None:
+    """A cutoff later than the message itself would delete runs that do not exist yet: refused."""
+    if deleted.created_before is None:
+        return
+    try:
+        sent_at = message.metadata.timestamp  # JetStream's clock, the same for every recorder and a rebuild
+    except Exception:
+        return
+    if deleted.created_before > sent_at:
+        raise DeadLetter(
+            f"created_before {deleted.created_before.isoformat()} is later than the deletion itself "
+            f"({sent_at.isoformat()}): a deletion can only cover runs created before it was sent"
+        )
+
+
 def consumer_config(settings: RecorderSettings, **overrides: Any) -> ConsumerConfig:
-    """The shared durable consumer: run events and retention events, acked one by one."""
-    subjects = settings.subjects
+    """The shared durable consumer: the whole run stream (run events, deletions, actions), acked one by one.
+
+    No subject filter: the stream holds exactly what the recorder projects, and a filter costs the
+    server work per message (several filters cut a 2.10+ server's delivery rate several times)."""
     fields: dict[str, Any] = dict(
         name=settings.recorder_consumer, durable_name=settings.recorder_consumer,
-        filter_subjects=[subjects.runs, subjects.retention],
         ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.recorder_ack_wait, max_ack_pending=50_000, max_deliver=-1,
     )
@@ -78,7 +95,7 @@ def consumer_config(settings: RecorderSettings, **overrides: Any) -> ConsumerCon
 
 
 async def ensure_consumer(js: Any, settings: RecorderSettings) -> None:
-    """Create the durable consumer, or bring an older one (filtered on run events only) up to date.
+    """Create the durable consumer, or bring an older one (filtered by subject) up to date.
 
     Several recorders share it; the last to start sets its ack wait.
 
@@ -86,15 +103,13 @@ async def ensure_consumer(js: Any, settings: RecorderSettings) -> None:
     stream has no retention event (nothing it skipped matters), else from the start (idempotent).
     """
     stream, name = settings.stream, settings.recorder_consumer
-    wanted = sorted([settings.subjects.runs, settings.subjects.retention])
     try:
         info = await js.consumer_info(stream, name)
     except nats.js.errors.NotFoundError:
         info = None
     if info is not None:
-        filters = sorted(info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else []))
-        # No filter is the whole stream, just as good: it is what a server before 2.10 makes of filter_subjects.
-        if filters in ([], wanted) and info.config.ack_wait == settings.recorder_ack_wait:
+        filters = info.config.filter_subjects or ([info.config.filter_subject] if info.config.filter_subject else [])
+        if not filters and info.config.ack_wait == settings.recorder_ack_wait:
             return
     try:
         await js.add_consumer(stream, consumer_config(settings))
@@ -176,29 +191,29 @@ class Recorder:
         return messages
 
     async def apply(self, messages: list[Msg], stopping: asyncio.Event, reduced: Reduced | None = None) -> None:
-        """Apply one batch, retrying while Postgres is away; ack only after commit."""
-        batch, letters, last_seq = reduced or reduce(messages, self.settings)
+        """Apply one batch, retrying while Postgres is away; ack only after commit.
+
+        No message can stop the projection: when Postgres refuses the batch, it is split in halves until
+        the message it refuses is alone, and that one is dead-lettered with the reason. An unexpected
+        error (a bug) is retried by redelivery, and past max deliveries it is isolated the same way.
+        """
+        batches, letters, last_seq = reduced or reduce(messages, self.settings)
         backoff = 0.2
         while True:
             try:
                 async with self.pool.acquire() as conn:
                     async with conn.transaction():
-                        await db.apply_batch(conn, batch)
+                        for batch in batches:
+                            await db.apply_batch(conn, batch)
                         await db.store_dead_letters(conn, letters)
                         await db.track_position(
-                            conn, self.settings.recorder_consumer, last_seq, batch.last_event_at, batch.events
+                            conn, self.settings.recorder_consumer, last_seq, _last_event_at(batches), _events(batches)
                         )
                 break
-            except REFUSED as error:
-                if len(messages) > 1:
-                    # Find the event Postgres refuses: the rest of the batch is applied one by one.
-                    for message in messages:
-                        await self.apply([message], stopping)
-                    return
-                letters = [refused(messages[0], error, last_seq or None)]
-                log.warning("dead-lettered a message", subject=messages[0].subject, reason=letters[0][2])
-                batch = Batch()
             except TRANSIENT as error:
+                if is_refused(error):
+                    await self._isolate(messages, stopping, error)
+                    return
                 if stopping.is_set():
                     return  # unacked: redelivered to whoever consumes next
                 log.warning("applying a batch failed; retrying", error=repr(error), backoff=backoff)
@@ -207,28 +222,74 @@ class Recorder:
                         await message.in_progress()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            except Exception as error:
+                if is_refused(error) or _deliveries(messages) >= self.settings.recorder_max_deliveries:
+                    await self._isolate(messages, stopping, error)
+                    return
+                raise  # consume() naks the batch: it comes back after a delay
         for message in messages:
             await message.ack()
-        self.applied += batch.events
+        self.applied += _events(batches)
         self.dead_lettered += len(letters)
+
+    async def _isolate(self, messages: list[Msg], stopping: asyncio.Event, error: Exception) -> None:
+        """Bisect a batch that failed for good down to the message at fault; dead-letter that one."""
+        if len(messages) > 1:
+            middle = len(messages) // 2
+            for half in (messages[:middle], messages[middle:]):
+                await self.apply(half, stopping)
+            return
+        message = messages[0]
+        if is_refused(error):
+            reason = refused(message, error)
+        else:
+            reason = letter(message, f"failed {_deliveries(messages)} deliveries: {type(error).__name__}: {error}")
+        log.warning("dead-lettered a message", subject=message.subject, stream_seq=reason[3], reason=reason[2])
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await db.store_dead_letters(conn, [reason])
+                await db.track_position(conn, self.settings.recorder_consumer, reason[3] or 0, None, 0)
+        await message.ack()
+        self.dead_lettered += 1
+
+
+def _events(batches: list[Batch]) -> int:
+    return sum(batch.events for batch in batches)
+
+
+def _last_event_at(batches: list[Batch]) -> Any:
+    times = [batch.last_event_at for batch in batches if batch.last_event_at is not None]
+    return max(times) if times else None
+
+
+def _deliveries(messages: list[Msg]) -> int:
+    """The most times any of these messages has been delivered (JetStream counts)."""
+    most = 1
+    for message in messages:
+        with contextlib.suppress(Exception):
+            most = max(most, message.metadata.num_delivered)
+    return most
 
 
 def reduce(messages: list[Msg], settings: RecorderSettings) -> Reduced:
-    """A batch of messages as one reduced Batch, its dead letters, and its highest stream sequence."""
-    batch = Batch()
+    """Messages as projection batches (a new one after each deletion), their dead letters, the highest stream seq."""
+    batches = [Batch()]
     letters: list[Letter] = []
     last_seq = 0
-    retention = settings.subjects.retention
     for message in messages:
         seq = _stream_seq(message)
         last_seq = max(last_seq, seq or 0)
         try:
-            batch.add(classify(message, settings.max_event_bytes, retention), seq)
+            event = classify(message, settings.max_event_bytes, settings.subjects)
         except DeadLetter as reason:
             log.warning("dead-lettered a message", subject=message.subject, stream_seq=seq, reason=str(reason),
                         event_id=(message.headers or {}).get("Nats-Msg-Id"))
             letters.append((message.subject, bytes(message.data), str(reason), seq))
-    return batch, letters, last_seq
+            continue
+        if batches[-1].closed:
+            batches.append(Batch())
+        batches[-1].add(event, seq)
+    return batches, letters, last_seq
 
 
 def _stream_seq(message: Msg) -> int | None:

@@ -4,7 +4,8 @@ Rules (the same whatever order or how often events arrive):
 - any event creates the run's row; created_at is the earliest event, updated_at the latest;
 - status only moves forward: new -> processing -> success | error; the first terminal event wins;
 - a detail shows the text of the highest seq seen for its key; it is ordered by its lowest seq;
-- a deleted run stays deleted: deletions are applied before the batch's run events (see db.py).
+- a deletion applies at its place in the stream: a batch holds the events before it, the deletion
+  last (see Segmenter), and a deleted run's name is tombstoned so its later events are skipped.
 """
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.contracts import RunCreated, RunEvent, RunFailed, RunsDeleted, RunStarted, RunSucceeded, StepLogged
+from services.contracts import (
+    ActionTaken,
+    RunCreated,
+    RunEvent,
+    RunFailed,
+    RunsDeleted,
+    RunStarted,
+    RunSucceeded,
+    StepLogged,
+)
 
 STATUS_OF = {"run.created": "new", "run.started": "processing", "run.step": "new", "run.succeeded": "success", "run.failed": "error"}
 RANK = {"new": 0, "processing": 1, "success": 2, "error": 2}
@@ -44,6 +54,8 @@ class RunRow:
     error_message: str | None = None
     error_traceback: str | None = None
     failed_step: str | None = None
+    incarnation: uuid.UUID | None = None
+    command_id: str | None = None
 
     def apply(self, event: RunEvent) -> None:
         self.created_at = min(self.created_at, event.occurred_at)
@@ -60,8 +72,11 @@ class RunRow:
         if isinstance(event, RunCreated):
             self.trigger, self.requested_by = event.trigger, event.requested_by
             self.worker_id = self.worker_id or event.worker_id
+            self.incarnation = self.incarnation or event.incarnation
+            self.command_id = event.command_id
         elif isinstance(event, RunStarted):
             self.worker_id, self.host, self.started_at = event.worker_id, event.host, event.occurred_at
+            self.incarnation = event.incarnation or self.incarnation
         elif isinstance(event, RunSucceeded):
             self.finished_at, self.duration_ms, self.stats = event.occurred_at, event.duration_ms, event.stats
             self.error_class = self.error_message = self.error_traceback = self.failed_step = None
@@ -101,15 +116,24 @@ class Batch:
     runs: dict[uuid.UUID, RunRow] = field(default_factory=dict)
     details: dict[tuple[uuid.UUID, str], DetailRow] = field(default_factory=dict)
     deletions: list[tuple[RunsDeleted, int | None]] = field(default_factory=list)
+    actions: list[tuple[ActionTaken, int | None]] = field(default_factory=list)
     last_event_at: datetime | None = None
     events: int = 0
 
-    def add(self, event: RunEvent | RunsDeleted, stream_seq: int | None = None) -> None:
+    @property
+    def closed(self) -> bool:
+        """A deletion ends a batch: what follows it in the stream goes into the next one."""
+        return bool(self.deletions)
+
+    def add(self, event: RunEvent | RunsDeleted | ActionTaken, stream_seq: int | None = None) -> None:
         self.events += 1
         if self.last_event_at is None or event.occurred_at > self.last_event_at:
             self.last_event_at = event.occurred_at
         if isinstance(event, RunsDeleted):
             self.deletions.append((event, stream_seq))
+            return
+        if isinstance(event, ActionTaken):
+            self.actions.append((event, stream_seq))
             return
         run = self.runs.get(event.run_id)
         if run is None:
@@ -132,42 +156,51 @@ class Batch:
         rows = sorted(self.runs.values(), key=lambda r: r.id)
         return [
             [r.id for r in rows], [r.name for r in rows], [r.job for r in rows], [r.status for r in rows],
-            [r.terminal_seq for r in rows], [r.trigger for r in rows], [_text(r.requested_by) for r in rows],
-            [r.worker_id for r in rows], [_text(r.host) for r in rows], [r.created_at for r in rows],
+            [r.terminal_seq for r in rows], [r.trigger for r in rows], [scrub(r.requested_by) for r in rows],
+            [r.worker_id for r in rows], [scrub(r.host) for r in rows], [r.created_at for r in rows],
             [r.updated_at for r in rows], [r.started_at for r in rows], [r.finished_at for r in rows],
-            [r.duration_ms for r in rows], [_json(r.stats) for r in rows], [_text(r.error_class) for r in rows],
-            [_text(r.error_message) for r in rows], [_text(r.error_traceback) for r in rows],
-            [_text(r.failed_step) for r in rows],
-            [r.last_seq for r in rows],
+            [r.duration_ms for r in rows], [_json(r.stats) for r in rows], [scrub(r.error_class) for r in rows],
+            [scrub(r.error_message) for r in rows], [scrub(r.error_traceback) for r in rows],
+            [scrub(r.failed_step) for r in rows],
+            [r.last_seq for r in rows], [r.incarnation for r in rows], [scrub(r.command_id) for r in rows],
         ]
 
     def detail_columns(self) -> list[list[Any]]:
         rows = sorted(self.details.values(), key=lambda d: (d.run_id, d.key))
         return [
-            [d.run_id for d in rows], [_text(d.key) for d in rows], [_text(d.message) for d in rows], [d.level for d in rows],
+            [d.run_id for d in rows], [scrub(d.key) for d in rows], [scrub(d.message) for d in rows], [d.level for d in rows],
             [_json(d.data) for d in rows], [d.first_seq for d in rows], [d.seq for d in rows],
             [d.created_at for d in rows], [d.updated_at for d in rows],
         ]
+
+
+def action_columns(actions: list[tuple[ActionTaken, int | None]]) -> list[list[Any]]:
+    return [
+        [a.event_id for a, _ in actions], [a.occurred_at for a, _ in actions], [scrub(a.actor) for a, _ in actions],
+        [a.action for a, _ in actions], [a.job for a, _ in actions], [scrub(a.target) for a, _ in actions],
+        [_json(a.detail) for a, _ in actions], [scrub(a.source) for a, _ in actions], [seq for _, seq in actions],
+    ]
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
     if value is None:
         return None
     text = json.dumps(value, separators=(",", ":"), default=str)
-    return json.dumps(_scrub(value), separators=(",", ":"), default=str) if "\\u0000" in text else text
+    return json.dumps(scrub_json(value), separators=(",", ":"), default=str) if "\\u0000" in text else text
 
 
 # Postgres text and jsonb cannot hold NUL (a worker may pass on an ERP's binary error body): such a
 # character is stored as U+FFFD, so the event is applied instead of refused and its run can finish.
-def _text(value: str | None) -> str | None:
+def scrub(value: str | None) -> str | None:
+    """value as Postgres can store it: NUL becomes U+FFFD."""
     return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
 
 
-def _scrub(value: Any) -> Any:
+def scrub_json(value: Any) -> Any:
     if isinstance(value, str):
-        return _text(value)
+        return scrub(value)
     if isinstance(value, dict):
-        return {_text(str(k)): _scrub(v) for k, v in value.items()}
+        return {scrub(str(k)): scrub_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub(v) for v in value]
+        return [scrub_json(v) for v in value]
     return value

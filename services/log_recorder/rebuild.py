@@ -26,12 +26,14 @@ from tqdm import tqdm
 
 from services.contracts.subjects import close_nats, ensure_streams
 from services.log_recorder import db
-from services.log_recorder.errors import RebuildFailed
-from services.log_recorder.main import REFUSED, reduce, refused
+from services.log_recorder.errors import RebuildFailed, is_refused
+from services.log_recorder.main import reduce, refused
 from services.log_recorder.settings import RecorderSettings
 
 SUFFIX = "__rb"
 FETCH = 2000
+# One rebuild at a time: a second would drop the first one's fresh tables mid-replay.
+REBUILD_LOCK = 7_305_118_203
 
 
 @dataclass
@@ -67,8 +69,11 @@ def _retarget(definition: str) -> str:
     return definition
 
 
-async def prepare(conn: asyncpg.Connection) -> list[tuple[str, str]]:
-    """Create the fresh tables; returns the (table, object) renames the swap must undo."""
+async def prepare(conn: asyncpg.Connection) -> tuple[list[tuple[str, str]], list[str]]:
+    """Create the fresh tables with their constraints (the replay's upserts need them).
+
+    Returns the (kind, name) renames the swap must undo, and the other indexes' definitions: they are
+    built once the replay is done, which is much faster than keeping them up to date row by row."""
     referencing = await conn.fetch(
         "SELECT conrelid::regclass::text AS t FROM pg_constraint WHERE confrelid = $1::regclass AND conrelid <> $2::regclass",
         db.LIVE.runs, db.LIVE.details,
@@ -77,6 +82,7 @@ async def prepare(conn: asyncpg.Connection) -> list[tuple[str, str]]:
         raise RebuildFailed(f"tables reference {db.LIVE.runs} ({', '.join(r['t'] for r in referencing)}); "
                             "the rebuild cannot swap it under them")
     renames: list[tuple[str, str]] = []
+    deferred: list[str] = []
     await conn.execute(f"DROP TABLE IF EXISTS {db.REBUILD.details}, {db.REBUILD.runs}")
     for live, fresh in ((db.LIVE.runs, db.REBUILD.runs), (db.LIVE.details, db.REBUILD.details)):
         constraints, indexes = await _shape(conn, live)
@@ -86,9 +92,9 @@ async def prepare(conn: asyncpg.Connection) -> list[tuple[str, str]]:
             renames.append(("constraint", name))
         for name, definition in indexes:
             create = re.sub(rf'INDEX "?{re.escape(name)}"? ON ', f'INDEX "{name}{SUFFIX}" ON ', definition, count=1)
-            await conn.execute(re.sub(rf"ON (\w+\.)?{live} ", rf"ON \g<1>{fresh} ", create, count=1))
+            deferred.append(re.sub(rf"ON (\w+\.)?{live} ", rf"ON \g<1>{fresh} ", create, count=1))
             renames.append(("index", name))
-    return renames
+    return renames, deferred
 
 
 class Replay:
@@ -109,9 +115,9 @@ class Replay:
         if self.position:
             where = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self.position + 1}
         self.sub = await self.js.pull_subscribe(
-            subjects.runs, stream=subjects.stream,
+            f"{subjects.prefix}.>", stream=subjects.stream,
             config=ConsumerConfig(
-                filter_subjects=[subjects.runs, subjects.retention], ack_policy=AckPolicy.NONE,
+                ack_policy=AckPolicy.NONE,
                 inactive_threshold=120.0, mem_storage=True, **where,
             ),
         )
@@ -136,16 +142,20 @@ class Replay:
         if conn is None:
             async with self.pool.acquire() as own:
                 return await self._apply(own, messages)
-        batch, letters, top = reduce(messages, self.settings)
+        batches, letters, top = reduce(messages, self.settings)
         try:
             async with conn.transaction():  # a savepoint inside the swap's transaction
-                await db.apply_batch(conn, batch, db.REBUILD)
+                for batch in batches:
+                    await db.apply_batch(conn, batch, db.REBUILD)
                 await db.store_dead_letters(conn, letters)
-        except REFUSED as error:
-            # As in the recorder: the event Postgres refuses is a dead letter, the rest is applied.
+        except Exception as error:
+            if not is_refused(error):
+                raise
+            # As in the recorder: bisect down to the event Postgres refuses, dead-letter it, apply the rest.
             if len(messages) > 1:
-                for message in messages:
-                    await self._apply(conn, [message])
+                middle = len(messages) // 2
+                await self._apply(conn, messages[:middle])
+                await self._apply(conn, messages[middle:])
             else:
                 await db.store_dead_letters(conn, [refused(messages[0], error, top or None)])
         return top
@@ -182,19 +192,33 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
 
 async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> RebuildReport:
     """Replay the whole run stream into fresh tables and swap them in; the web keeps serving."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    nc = await nats.connect(servers=settings.nats_servers, name="joblog-rebuild")
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
+    nc: Any = None
     replay: Replay | None = None
+    lock = await pool.acquire()
     try:
+        if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
+            raise RebuildFailed("another rebuild of this database is running; wait for it to finish")
+        nc = await nats.connect(servers=settings.nats_servers, name="joblog-rebuild")
         js = nc.jetstream(timeout=10)
         await ensure_streams(js, settings.subjects, settings.stream_replicas)
+        state = (await js.stream_info(settings.stream)).state
+        if state.first_seq > 1:
+            raise RebuildFailed(
+                f"the stream {settings.stream} now starts at message {state.first_seq}: messages 1 to "
+                f"{state.first_seq - 1} are gone (limits, a purge or a lost node), and a rebuild would delete the "
+                "runs they held; the projection is left as it is"
+            )
         async with pool.acquire() as conn:
-            renames = await prepare(conn)
+            renames, deferred = await prepare(conn)
         replay = Replay(settings, pool, js)
         await replay.open()
         target = (await js.stream_info(settings.stream)).state.last_seq
         with tqdm(total=target, unit="event", desc="rebuild", disable=not progress) as bar:
             await replay.until(target, bar=bar)
+        async with pool.acquire() as conn:
+            for definition in deferred:
+                await conn.execute(definition)
         # Events that arrived meanwhile, outside the lock, so the locked part stays short.
         await replay.until((await js.stream_info(settings.stream)).state.last_seq)
         for attempt in range(5):
@@ -218,5 +242,7 @@ async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> Rebui
     finally:
         if replay is not None:
             await replay.close()
-        await close_nats(nc)
+        if nc is not None:
+            await close_nats(nc)
+        await pool.release(lock)  # the session ends with the pool: the lock goes with it
         await pool.close()

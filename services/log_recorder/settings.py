@@ -16,4 +16,8 @@ class RecorderSettings(CommonSettings):
         description="Seconds before an unacknowledged event goes to another recorder (after a crash, say).",
     )
     max_event_bytes: int = Field(256 * 1024, ge=1024, description="Larger messages are dead-lettered.")
+    recorder_max_deliveries: int = Field(
+        10, ge=2, le=1000,
+        description="A message that failed this many deliveries for an unexpected reason is dead-lettered.",
+    )
     worker_timeout: float = Field(30.0, gt=0, description="Seconds without heartbeat before a worker is lost.")
