@@ -16,8 +16,14 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor
 
+from services.contracts.redaction import redact
 
-def _keep(_: Any, __: str, event: EventDict) -> EventDict:
+
+def _redact(_: Any, __: str, event: EventDict) -> EventDict:
+    """No URL leaves the process with its credentials: every text value (tracebacks included) is redacted."""
+    for key, value in event.items():
+        if isinstance(value, str) and "://" in value:
+            event[key] = redact(value)
     return event
 
 
@@ -45,7 +51,7 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.format_exc_info if json_lines else _keep, renderer],
+                        structlog.processors.format_exc_info, _redact, renderer],
         )
     )
     root = logging.getLogger()

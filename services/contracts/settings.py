@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.contracts.redaction import redact
 from services.contracts.subjects import Subjects
 
 ENV_PREFIX = "JOBLOG_"
@@ -77,7 +78,8 @@ def describe_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "?"
     value = first.get("input")
-    shown = "" if value is None or isinstance(value, dict) else f" (got {str(value)[:80]!r})"
+    # A mistyped DSN or URL is shown without its password.
+    shown = "" if value is None or isinstance(value, dict) else f" (got {redact(str(value))[:80]!r})"
     return f"invalid setting {ENV_PREFIX}{field.upper()}: {first['msg']}{shown}"
 
 

@@ -37,6 +37,13 @@ async def append_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, uuid
     await conn.execute("SELECT pg_notify('joblog_outbox', '')")
 
 
+async def outbox_runs(conn: asyncpg.Connection, subjects: Any) -> set[str]:
+    """Names of the runs that still have events in the outbox ({prefix}.run.{job}.{name}.{kind})."""
+    rows = await conn.fetch("SELECT DISTINCT subject FROM outbox")
+    prefix = f"{subjects.prefix}.run."
+    return {r["subject"].split(".")[-2] for r in rows if r["subject"].startswith(prefix)}
+
+
 async def fetch_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(FETCH_OUTBOX, limit)
 

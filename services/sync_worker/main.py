@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import uuid
 from contextlib import AsyncExitStack
 
 from typing import Any
@@ -17,12 +18,13 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import ValidationError
 
-from services.contracts import TriggerRequested, WorkerHeartbeat
+from services.contracts import TriggerRequested, WorkerHeartbeat, WorkerStopped
 from services.contracts.events import TriggerKind, utcnow
 from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
 from services.sync_worker.errors import UnknownJob
 from services.sync_worker.jobs import RunContext, registry
-from services.sync_worker.jobs.api import JobSpec, create_run, execute_run
+from services.sync_worker.db import outbox_runs
+from services.sync_worker.jobs.api import JobSpec, create_run, execute_run, fail_run
 from services.sync_worker.outbox import Relay
 from services.sync_worker.schedules import parse_schedule, run_schedule
 from services.sync_worker.settings import WorkerSettings
@@ -53,10 +55,14 @@ class Worker:
         self.pool = pool
         self.nc = nc
         self.js = nc.jetstream(timeout=5)
-        self.relay = Relay(pool, self.js, settings.outbox_batch_size)
+        self.relay = Relay(pool, self.js, settings.outbox_batch_size, connected=lambda: nc.is_connected)
         self.running: dict[str, RunContext] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.started_at = utcnow()
+        # This process: a fresh id per start, so a restart under the same worker id is a new holder.
+        self.incarnation = uuid.uuid4()
+        # The runs this process created, by name (the outbox knows subjects, not run ids).
+        self.created: dict[str, uuid.UUID] = {}
         # A worker takes a trigger only when it has room; the rest wait in the queue for others.
         self.capacity = asyncio.Semaphore(settings.worker_max_runs)
 
@@ -69,9 +75,19 @@ class Worker:
         ctx, _ = await self._launch(job, trigger, requested_by)
         return ctx
 
-    async def _launch(self, job: str, trigger: TriggerKind, requested_by: str | None) -> tuple[RunContext, asyncio.Task[Any]]:
+    async def _launch(
+        self, job: str, trigger: TriggerKind, requested_by: str | None, command_id: str | None = None
+    ) -> tuple[RunContext, asyncio.Task[Any]]:
         spec = registry.get(job)
-        ctx = await create_run(spec, self.settings, self.pool, trigger=trigger, requested_by=requested_by, on_flush=self.relay.wake)
+        ctx = await create_run(
+            spec, self.settings, self.pool, trigger=trigger, requested_by=requested_by, on_flush=self.relay.wake,
+            incarnation=self.incarnation, command_id=command_id,
+        )
+        # Held from now on: the next heartbeat lists it, so the recorder never judges it unheld.
+        self.running[str(ctx.run_id)] = ctx
+        self.created[ctx.name] = ctx.run_id
+        if len(self.created) > 10_000:
+            self.created.pop(next(iter(self.created)))
         task = asyncio.create_task(self._run(spec, ctx), name=f"run-{ctx.name}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -80,7 +96,6 @@ class Worker:
     async def _run(self, spec: JobSpec, ctx: RunContext) -> None:
         # This task's own context: every line logged during the run names it.
         structlog.contextvars.bind_contextvars(run=ctx.name, run_id=str(ctx.run_id), job=spec.name)
-        self.running[str(ctx.run_id)] = ctx
         try:
             async with self.pool.acquire() as lock_conn:
                 limit = self.limit(spec)
@@ -93,10 +108,12 @@ class Worker:
                 finally:
                     with contextlib.suppress(Exception):
                         await lock_conn.execute("SELECT pg_advisory_unlock(hashtext($1), $2)", f"{JOB_LOCK_NAMESPACE}.{spec.name}", slot)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("run crashed outside the job", run=ctx.name)
+        except (Exception, asyncio.CancelledError) as error:
+            # Taking the slot or writing run.started failed, or a shutdown came first: the run still ends.
+            if not ctx.finished:
+                log.warning("run failed outside the job", run=ctx.name, error=repr(error))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fail_run(ctx, error, before_job=True)
         finally:
             self.running.pop(str(ctx.run_id), None)
 
@@ -141,7 +158,7 @@ class Worker:
         """Start the run a trigger asks for; True if a run now holds one unit of capacity."""
         try:
             command = TriggerRequested.model_validate_json(message.data)
-            ctx, task = await self._launch(command.job, command.trigger, command.requested_by)
+            ctx, task = await self._launch(command.job, command.trigger, command.requested_by, command.command_id)
         except (ValidationError, UnknownJob) as error:
             log.warning("ignoring bad trigger", subject=message.subject, error=str(error).splitlines()[0])
             await message.term()
@@ -159,8 +176,8 @@ class Worker:
         subject = self.settings.subjects.for_heartbeat(self.settings.worker_id)
         while not stopping.is_set():
             beat = WorkerHeartbeat(
-                worker_id=self.settings.worker_id, host=socket.gethostname(), pid=os.getpid(),
-                started_at=self.started_at, running=[ctx.run_id for ctx in self.running.values()],
+                worker_id=self.settings.worker_id, incarnation=self.incarnation, host=socket.gethostname(),
+                pid=os.getpid(), started_at=self.started_at, running=[ctx.run_id for ctx in self.running.values()],
                 jobs=registry.describe(self.settings.schedules, self.settings.job_concurrency),
             )
             with contextlib.suppress(Exception):
@@ -177,6 +194,18 @@ class Worker:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+
+    async def announce_stop(self) -> None:
+        """The last word of a clean stop: this process is stopped, not lost, so no verdict follows."""
+        async with self.pool.acquire() as conn:
+            waiting = await outbox_runs(conn, self.settings.subjects)
+        stopped = WorkerStopped(
+            worker_id=self.settings.worker_id, incarnation=self.incarnation, host=socket.gethostname(),
+            pid=os.getpid(), pending_runs=[self.created[name] for name in sorted(waiting) if name in self.created],
+        )
+        await self.js.publish(
+            self.settings.subjects.for_worker_stop(self.settings.worker_id), stopped.model_dump_json().encode(), timeout=2,
+        )
 
 
 async def _take_job_slot(conn: asyncpg.Connection, spec: JobSpec, limit: int) -> int | None:
@@ -241,6 +270,10 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         except asyncio.TimeoutError:
             log.warning("events still in the outbox at shutdown; the next worker publishes them")
         await beats
+        try:
+            await worker.announce_stop()
+        except Exception as error:  # NATS or Postgres gone: the recorder judges by the leases instead
+            log.warning("could not announce the stop", error=repr(error))
     log.info("worker stopped", worker_id=settings.worker_id)
 
 

@@ -38,6 +38,7 @@ from services.contracts import (
     StepLogged,
 )
 from services.contracts.events import TriggerKind, utcnow
+from services.contracts.redaction import redact
 from services.sync_worker import db
 from services.sync_worker.errors import UnknownJob
 from services.sync_worker.outbox import encode
@@ -123,6 +124,9 @@ class RunContext:
     _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
     _timer: asyncio.TimerHandle | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    incarnation: uuid.UUID | None = None
+    # Set once the run's terminal event (succeeded or failed) is emitted: every run gets exactly one.
+    finished: bool = False
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -147,7 +151,7 @@ class RunContext:
         self.emit(
             StepLogged(
                 run_id=self.run_id, name=self.name, job=self.job, seq=seq,
-                key=key, message=message, level=level, data=data or None,
+                key=key, message=redact(message) if "://" in message else message, level=level, data=data or None,
             )
         )
         if conn is not None:
@@ -196,6 +200,18 @@ class RunContext:
             self._last_flush = time.monotonic()
         self.on_flush()
 
+    async def flush_durably(self) -> None:
+        """Write the buffer, waiting out a Postgres outage: a run's last events must not be dropped."""
+        backoff = 0.2
+        while True:
+            try:
+                await self.flush()
+                return
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                log.warning("writing a run's events failed; retrying", run=self.name, error=repr(error), backoff=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction whose buffered events commit with it."""
@@ -218,6 +234,8 @@ async def create_run(
     trigger: TriggerKind,
     requested_by: str | None = None,
     on_flush: Callable[[], None] = lambda: None,
+    incarnation: uuid.UUID | None = None,
+    command_id: str | None = None,
 ) -> RunContext:
     """Name the run (unique across workers) and commit its run.created event."""
     run_id = uuid.uuid4()
@@ -225,11 +243,13 @@ async def create_run(
     async with pool.acquire() as conn:
         async with conn.transaction():
             name = await db.reserve_run_name(conn, base_name(now, settings), run_id, spec.name)
-            ctx = RunContext(run_id=run_id, name=name, job=spec.name, settings=settings, pool=pool, on_flush=on_flush)
+            ctx = RunContext(run_id=run_id, name=name, job=spec.name, settings=settings, pool=pool, on_flush=on_flush,
+                             incarnation=incarnation)
             ctx.emit(
                 RunCreated(
                     run_id=run_id, name=name, job=spec.name, seq=ctx.next_seq(), occurred_at=now,
                     trigger=trigger, worker_id=settings.worker_id, requested_by=requested_by,
+                    incarnation=incarnation, command_id=command_id,
                 )
             )
             await ctx.flush(conn)
@@ -243,49 +263,58 @@ async def execute_run(spec: JobSpec, ctx: RunContext) -> bool:
     ctx.emit(
         RunStarted(
             run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),
-            worker_id=ctx.settings.worker_id, host=socket.gethostname(), pid=os.getpid(),
+            worker_id=ctx.settings.worker_id, host=socket.gethostname(), pid=os.getpid(), incarnation=ctx.incarnation,
         )
     )
-    await ctx.flush()
-    bound.info("run started")
     try:
+        await ctx.flush()
+        bound.info("run started")
         stats = await spec.function(ctx) or {}
     except (Exception, asyncio.CancelledError) as error:
-        duration_ms = int((time.monotonic() - started) * 1000)
-        message = str(error) or repr(error)
-        if isinstance(error, asyncio.CancelledError):
-            message = (
-                f"the worker was shut down and the run did not finish within the "
-                f"{ctx.settings.shutdown_grace:g} s shutdown grace (JOBLOG_SHUTDOWN_GRACE)"
-            )
-        where = f" during step '{ctx.current_step}'" if ctx.current_step else ""
-        ctx.emit(
-            StepLogged(
-                run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(), key="error", level="error",
-                message=f"Failed{where}: {type(error).__name__}: {message}"[:20_000],
-                data={"error_class": type(error).__name__, "step": ctx.current_step},
-            )
-        )
-        ctx.emit(
-            RunFailed(
-                run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),
-                error_class=type(error).__name__, error_message=message[:20_000],
-                traceback="".join(traceback.format_exception(error))[-100_000:],
-                step=ctx.current_step, duration_ms=duration_ms,
-            )
-        )
-        await ctx.flush()
-        bound.warning("run failed", error=message, step=ctx.current_step)
+        await fail_run(ctx, error, int((time.monotonic() - started) * 1000))
         if isinstance(error, asyncio.CancelledError):
             raise
         return False
     duration_ms = int((time.monotonic() - started) * 1000)
+    ctx.finished = True
     ctx.emit(
         RunSucceeded(
             run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),
             stats=stats, duration_ms=duration_ms,
         )
     )
-    await ctx.flush()
+    await ctx.flush_durably()
     bound.info("run succeeded", duration_ms=duration_ms)
     return True
+
+
+async def fail_run(ctx: RunContext, error: BaseException, duration_ms: int | None = None, *, before_job: bool = False) -> None:
+    """End the run as error with the reason: an error step and run.failed, written whatever it takes."""
+    if ctx.finished:
+        return
+    ctx.finished = True
+    message = str(error) or repr(error)
+    if isinstance(error, asyncio.CancelledError):
+        message = (
+            f"the worker was shut down and the run did not finish within the "
+            f"{ctx.settings.shutdown_grace:g} s shutdown grace (JOBLOG_SHUTDOWN_GRACE)"
+        )
+    message = redact(message)
+    where = f" during step '{ctx.current_step}'" if ctx.current_step else (" before the job started" if before_job else "")
+    ctx.emit(
+        StepLogged(
+            run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(), key="error", level="error",
+            message=f"Failed{where}: {type(error).__name__}: {message}"[:20_000],
+            data={"error_class": type(error).__name__, "step": ctx.current_step},
+        )
+    )
+    ctx.emit(
+        RunFailed(
+            run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(),
+            error_class=type(error).__name__, error_message=message[:20_000],
+            traceback=redact("".join(traceback.format_exception(error)))[-100_000:],
+            step=ctx.current_step, duration_ms=duration_ms,
+        )
+    )
+    await ctx.flush_durably()
+    log.warning("run failed", run=ctx.name, job=ctx.job, error=message, step=ctx.current_step)

@@ -1,0 +1,47 @@
+"""Secrets never leave the process: URLs in any text lose their credentials before it is logged or sent.
+
+A URL's user info (``user:password@``) becomes ``***@``, and the values of query parameters whose
+names look like secrets (token, api_key, password, signature ...) become ``***``. Used wherever a
+message may carry a URL: run messages and errors, service logs, settings errors.
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+MASK = "***"
+# scheme://anything-up-to-whitespace-or-a-quote
+_URL = re.compile(r"""\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s'"<>`]+)""")
+_SECRET_NAME = re.compile(
+    r"(pass(word|wd)?|secret|token|api[-_]?key|apikey|access[-_]?key|auth|credential|signature|sig|session|private|key)$",
+    re.IGNORECASE,
+)
+
+
+def redact_url(url: str) -> str:
+    """url without its password and secret-looking query values."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_NAME.search(name) for name, _ in pairs):
+            query = "&".join(
+                f"{quote(name, safe='')}={MASK if _SECRET_NAME.search(name) else quote(value, safe='')}"
+                for name, value in pairs
+            )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(text: str) -> str:
+    """text with every URL in it redacted."""
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda match: redact_url(match.group(1)), text)
