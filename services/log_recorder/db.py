@@ -253,19 +253,22 @@ ON CONFLICT (run_id) DO UPDATE SET noticed_at = COALESCE(run_leases.noticed_at, 
 # the old one fell silent (a restarted container keeps its worker id). Runs of events without an
 # incarnation (older workers) are judged by their worker id's heartbeats, as before.
 ORPHANED_RUNS = """
-SELECT j.id, j.name, j.job, j.worker_id, j.incarnation,
-       GREATEST(l.listed_at, l.noticed_at) AS last_seen_at,
-       (SELECT min(n.first_seen_at) FROM worker_incarnations n
-         WHERE n.worker_id = j.worker_id AND n.incarnation <> j.incarnation
-           AND n.first_seen_at > GREATEST(l.listed_at, l.noticed_at, i.last_seen_at)) AS replaced_at
-FROM job_logs j
-JOIN run_leases l ON l.run_id = j.id
-LEFT JOIN worker_incarnations i ON i.incarnation = j.incarnation
-WHERE j.status IN ('new', 'processing') AND j.incarnation IS NOT NULL AND i.stopped_at IS NULL
-  AND (GREATEST(l.listed_at, l.noticed_at) < $1
-       OR EXISTS (SELECT 1 FROM worker_incarnations n
-                   WHERE n.worker_id = j.worker_id AND n.incarnation <> j.incarnation
-                     AND n.first_seen_at > GREATEST(l.listed_at, l.noticed_at, i.last_seen_at)))
+WITH open_runs AS (
+    SELECT j.id, j.name, j.job, j.worker_id, j.incarnation,
+           COALESCE(l.listed_at, l.noticed_at) AS held_at,  -- last listed; else when first judged
+           COALESCE(GREATEST(l.listed_at, i.last_seen_at), l.noticed_at) AS heard_at
+    FROM job_logs j
+    JOIN run_leases l ON l.run_id = j.id
+    LEFT JOIN worker_incarnations i ON i.incarnation = j.incarnation
+    WHERE j.status IN ('new', 'processing') AND j.incarnation IS NOT NULL AND i.stopped_at IS NULL
+), judged AS (
+    SELECT o.*, (SELECT min(n.first_seen_at) FROM worker_incarnations n
+                  WHERE n.worker_id = o.worker_id AND n.incarnation <> o.incarnation
+                    AND n.first_seen_at > o.heard_at) AS replaced_at
+    FROM open_runs o
+)
+SELECT id, name, job, worker_id, incarnation, held_at AS last_seen_at, replaced_at
+FROM judged WHERE held_at < $1 OR replaced_at IS NOT NULL
 UNION ALL
 SELECT j.id, j.name, j.job, w.worker_id, NULL, w.last_seen_at, NULL
 FROM job_logs j JOIN workers w ON w.worker_id = j.worker_id

@@ -113,3 +113,42 @@ async def test_rebuild_replays_the_stream_into_fresh_tables_and_swaps_them_in_wh
     await eventually(lambda: drained(js, subjects.stream))
     assert await db.fetchval("SELECT count(*) FROM pg_tables WHERE tablename LIKE '%rebuild%'") == 0
     assert await snapshot(db) == await in_order_tables(db, events + later + after)
+
+
+async def test_a_second_rebuild_while_one_runs_refuses_with_one_line_and_touches_nothing(
+    services, js, subjects, recorder_settings, db, env
+):
+    from services.log_recorder.rebuild import REBUILD_LOCK
+
+    await services(run_recorder, recorder_settings)
+    await publish(js, subjects, run_events(name="20261201150000"))
+    await eventually(lambda: drained(js, subjects.stream))
+    before = await snapshot(db)
+    holder = await asyncpg.connect(recorder_settings.database_url)
+    try:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK)  # as a running rebuild holds it
+        done = subprocess.run([sys.executable, "-m", "joblog", "rebuild", "--no-progress"], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        await holder.close()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["joblog: another rebuild of this database is running; wait for it to finish"]
+    assert await snapshot(db) == before
+
+
+async def test_a_rebuild_refuses_when_the_stream_no_longer_starts_at_its_first_message(services, js, subjects, recorder_settings, db):
+    """Messages lost to limits or a purge: a rebuild would delete the runs they held, so it keeps the projection."""
+    from services.log_recorder.errors import RebuildFailed
+
+    await services(run_recorder, recorder_settings)
+    await publish(js, subjects, run_events(name="20261201150001") + run_events(name="20261201150002"))
+    await eventually(lambda: drained(js, subjects.stream))
+    before = await snapshot(db)
+    await js.purge_stream(subjects.stream, seq=3)  # messages 1 and 2 are gone
+    try:
+        await rebuild(recorder_settings, progress=False)
+    except RebuildFailed as error:
+        assert "now starts at message 3" in str(error)
+    else:
+        raise AssertionError("the rebuild ran over a stream that lost its first messages")
+    assert await snapshot(db) == before
