@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench schema clean
+.PHONY: run test soak bench schema clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "joblog needs Python 3.11 or newer: make PYTHON=python3.11 ...")'
@@ -19,6 +19,11 @@ run: $(VENV)/.installed-local
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The chaos soak for minutes (docs/reliability.md); `make test` runs a short one.
+SOAK_SECONDS ?= 300
+soak: $(VENV)/.installed-test
+	JOBLOG_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -59,7 +59,7 @@ async def test_a_worker_restarted_under_the_same_id_closes_its_previous_process_
 ):
     """The container case: SIGKILL mid-run, then the same worker id starts again and beats."""
     # A long timeout: the run is closed by the restart rule, not by the lease running out.
-    await services(run_recorder, recorder_settings.model_copy(update={"worker_timeout": 20}))
+    await services(run_recorder, recorder_settings.model_copy(update={"worker_timeout": 12}))
     log = (tmp_path / "worker.log").open("wb")
     async with hanging_orders_api() as url:
         first = start_worker(env, "w-fixed", url, log)
