@@ -1,7 +1,8 @@
 // Small progressive enhancements; every page works without this file (live updates aside).
 "use strict";
 
-const RANK = { new: 0, processing: 1, success: 2, error: 2 };
+// The status order is the contract's (services/contracts/statuses.py), written into every page.
+const RANK = JSON.parse(document.documentElement.dataset.statusOrder || "{}");
 
 // Actions are POSTs confirmed in the UI. Without JS the server asks on a confirmation page.
 document.addEventListener("submit", (event) => {
