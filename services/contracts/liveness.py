@@ -69,37 +69,55 @@ def stored_at(message: Any) -> datetime | None:
     return stamp if isinstance(stamp, datetime) else None
 
 
+class _StreamReset(Exception):
+    """The stream was recreated, or holds messages the consumer did not deliver: subscribe again."""
+
+
 async def follow_workers(
-    js: Any, subjects: Subjects, on_event: OnWorkerEvent, stopping: asyncio.Event, *, retry_seconds: float = 1.0,
+    js: Any, subjects: Subjects, on_event: OnWorkerEvent, stopping: asyncio.Event, *,
+    retry_seconds: float = 1.0, check_seconds: float = 5.0,
 ) -> None:
     """Call on_event(event, stored_at) for the last heartbeat and stop of every worker, then each new one.
 
     An ordered consumer on ``subjects.worker_events`` (heartbeats and stops), delivering the last
     message per subject first; events arrive in stream order. Messages that are not a valid
     WorkerHeartbeat / WorkerStopped are skipped. On any error (NATS away, stream missing) it
-    resubscribes after retry_seconds, replaying the last per subject again, so on_event must accept
-    an event it has seen before. Returns when stopping is set. on_event runs in the loop: keep it short.
+    resubscribes after retry_seconds; after check_seconds without a message it asks for the stream's
+    state and resubscribes if the stream was recreated (an ordered consumer would wait forever for
+    the old sequence) or holds messages it was not given. A resubscription replays the last event
+    per subject, so on_event must accept an event it has seen before. Returns when stopping is set.
+    on_event runs in the loop: keep it short.
     """
     while not stopping.is_set():
         sub = None
         try:
+            created = (await js.stream_info(subjects.heartbeat_stream)).created
             sub = await js.subscribe(
                 subjects.worker_events, stream=subjects.heartbeat_stream, ordered_consumer=True,
                 deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             )
+            last_seq, quiet_since = 0, time.monotonic()
             while not stopping.is_set():
                 try:
                     message = await sub.next_msg(timeout=0.5)
                 except asyncio.TimeoutError:
+                    if time.monotonic() - quiet_since >= check_seconds:
+                        info = await js.stream_info(subjects.heartbeat_stream)
+                        if info.created != created or info.state.last_seq > last_seq:
+                            raise _StreamReset(f"stream {subjects.heartbeat_stream} moved on without this consumer")
+                        quiet_since = time.monotonic()
                     continue
+                quiet_since = time.monotonic()
+                with contextlib.suppress(Exception):
+                    last_seq = max(last_seq, message.metadata.sequence.stream)
                 try:
                     event = parse_worker_event(message.data)
                 except ValidationError:
                     continue
                 at = stored_at(message)
                 on_event(event, at if at is not None else event.occurred_at)
-        except Exception as error:  # NATS away or stream missing: keep trying
-            log.warning("following workers failed", error=repr(error))
+        except Exception as error:  # NATS away, stream missing or recreated: keep trying
+            log.warning("following workers failed; subscribing again", error=repr(error))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), retry_seconds)
         finally:

@@ -7,6 +7,7 @@ the same the recorder judges "lost" by, never on the worker's own.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -26,7 +27,7 @@ class Worker:
     stop: WorkerStopped | None = None
 
     @property
-    def incarnation(self) -> object:
+    def incarnation(self) -> uuid.UUID | None:
         return self.stop.incarnation if self.stop is not None else self.beat.incarnation if self.beat else None
 
 

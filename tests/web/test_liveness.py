@@ -77,3 +77,34 @@ async def test_the_newest_incarnation_of_a_worker_id_replaces_an_older_one(make_
     html = await eventually(all_seen)
     assert "host-302 · pid 302" in html and "pid 301" not in html
     assert "Stopped workers" not in html and "Lost workers" not in html
+
+
+async def test_a_heartbeat_counts_by_when_jetstream_stored_it_not_by_the_workers_clock(make_client, js, subjects):
+    client = await make_client(worker_timeout=60)
+    wrong_clock = utcnow() - timedelta(hours=2)  # a worker whose clock is two hours behind
+    beat = WorkerHeartbeat(worker_id="w5", host="host-skewed", pid=501, started_at=wrong_clock, occurred_at=wrong_clock)
+    await js.publish(subjects.for_heartbeat("w5"), beat.model_dump_json().encode())
+
+    async def seen() -> str | None:
+        html = await (await client.get("/monitor")).text()
+        return html if "host-skewed" in html else None
+
+    html = await eventually(seen)
+    assert "Workers online <span class=\"muted\">(1)</span>" in html and "Lost workers" not in html
+
+
+async def test_the_directory_follows_again_after_the_heartbeat_stream_is_recreated(make_client, js, subjects):
+    from services.contracts.subjects import ensure_streams
+
+    client = await make_client(worker_timeout=3600)
+    await js.publish(subjects.for_heartbeat("w6"), _beat("w6", uuid.uuid4(), 601, utcnow()).model_dump_json().encode())
+
+    async def monitor_has(text: str) -> str | None:
+        html = await (await client.get("/monitor")).text()
+        return html if text in html else None
+
+    await eventually(lambda: monitor_has("host-601"))
+    await js.delete_stream(subjects.heartbeat_stream)
+    await ensure_streams(js, subjects)
+    await js.publish(subjects.for_heartbeat("w7"), _beat("w7", uuid.uuid4(), 701, utcnow()).model_dump_json().encode())
+    await eventually(lambda: monitor_has("host-701"))
