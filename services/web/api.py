@@ -14,13 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN
-from services.contracts.statuses import STATUSES
+from services.contracts.statuses import STATUSES, RunStatus
 from services.web import db, params, queries
 from services.web.actions import trigger_job
 from services.web.errors import BadRequest, NotFound
 from services.web.keys import SETTINGS
 
-RunState = Literal["new", "processing", "success", "error", "stalled"]
+RunState = Literal[RunStatus, Literal["stalled"]]
 RUNS_MOST = 200
 
 
@@ -33,8 +33,8 @@ class Run(_Out):
 
     name: str = Field(description="YYYYMMDDhhmmss[-N] in the configured time zone.")
     job: str
-    status: Literal["new", "processing", "success", "error"]
-    state: RunState = Field(description="The status to show: 'stalled' when a processing run's worker stopped heartbeating.")
+    status: RunStatus
+    state: RunState = Field(description="The status to show: 'stalled' when an open run's worker is lost (no heartbeat, and no clean stop).")
     summary: str = Field(description="One line: what the run did, or why it failed.")
     trigger: str | None
     requested_by: str | None

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import jinja2
 
-from services.contracts.statuses import STATUS_ORDER
+from services.contracts.statuses import STATUS_ORDER, TERMINAL
 from services.web.settings import WebSettings
 
 # label, icon, css class: distinguishable by colour and by text/icon
@@ -43,7 +43,7 @@ class Row(dict):  # type: ignore[type-arg]
 
 def run_state(run: asyncpg.Record | dict[str, Any], directory: Liveness) -> str:
     """The status to show: open runs whose worker is lost (no heartbeat, no clean stop) are stalled."""
-    if run["status"] in ("new", "processing") and directory.is_alive(run["worker_id"]) is False:
+    if run["status"] not in TERMINAL and directory.is_alive(run["worker_id"]) is False:
         return "stalled"
     return str(run["status"])
 
