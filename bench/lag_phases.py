@@ -4,7 +4,9 @@ The real Recorder, in-process, with each phase timed by a bench-local subclass: 
 first message of a batch, fetching the rest, reducing, writing and committing, acking.
 
     .venv/bin/python -m bench.lag_phases
-    .venv/bin/python -m bench.lag_phases --compare     # lag p50/p99: Recorder vs PipelinedRecorder, in-process
+
+(A --compare mode against a pipelined prototype recorder lived here; the prototype was a finished
+experiment and is in git history, see docs/performance.md.)
 """
 from __future__ import annotations
 
@@ -80,43 +82,5 @@ async def main() -> None:
             print(f"{phase:18} n={len(values):5}  p50 {percentile(values, 50):7.2f}{unit}  p99 {percentile(values, 99):7.2f}{unit}  max {max(values):7.2f}{unit}")
 
 
-async def compare() -> None:
-    """Projection lag with the recorder in-process, as it is and with two transactions in flight."""
-    from bench.prototype_recorder import PipelinedRecorder
-    from bench.recorder import Watcher
-
-    for cls in (Recorder, PipelinedRecorder):
-        with Servers() as servers:
-            async with scratch(servers, "cmp") as (dsn, stream, prefix):
-                subjects = Subjects(prefix=prefix, stream=stream)
-                settings = RecorderSettings(database_url=dsn, nats_url=servers.nats_url, stream=stream,
-                                            subject_prefix=prefix, log_level="WARNING")
-                nc = await nats.connect(servers.nats_url)
-                js = nc.jetstream(timeout=30)
-                await ensure_streams(js, subjects)
-                async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool:
-                    recorder = cls(settings, pool, nc)
-                    stopping = asyncio.Event()
-                    task = asyncio.create_task(recorder.consume(stopping))
-                    run_ids = [uuid.uuid4() for _ in range(20)]
-                    sent: dict[tuple[int, int], float] = {}
-                    watcher = Watcher(dsn, run_ids, sent)
-                    watcher.start()
-                    count = await steady_publish(js, subjects, run_ids, 2000, 10.0, sent, 0)
-                    deadline = time.monotonic() + 20
-                    while len(watcher.lags) < count and time.monotonic() < deadline:
-                        await asyncio.sleep(0.05)
-                    watcher.stop.set()
-                    await asyncio.to_thread(watcher.join, 5)
-                    stopping.set()
-                    await task
-                await nc.close()
-        lags = watcher.lags
-        print(f"{cls.__name__:18} lag p50 {percentile(lags, 50):6.1f} ms  p99 {percentile(lags, 99):6.1f} ms  "
-              f"({len(lags):,} of {count:,} seen)", flush=True)
-
-
 if __name__ == "__main__":
-    import sys
-
-    asyncio.run(compare() if "--compare" in sys.argv else main())
+    asyncio.run(main())

@@ -1,5 +1,8 @@
 """Scheduled triggers: per-job cron expressions or fixed intervals, from JOBLOG_SCHEDULES.
 
+The grammar (parse_schedule, Schedule.next_after) is the contract's, services/contracts/schedules.py,
+which the web shares to show the next slot; this module keeps the loop that fires the slots.
+
 Every worker runs the same schedules. Each one publishes a TriggerRequested per slot with
 command_id ``schedule:<job>:<slot>``; JetStream's duplicate window (120 s) drops the copies
 from the other workers, so N workers make exactly one run per slot. That holds as long as
@@ -10,55 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import structlog
-from croniter import croniter
 
 from services.contracts import TriggerRequested
 from services.contracts.events import utcnow
+from services.contracts.schedules import Schedule, parse_schedule
 from services.contracts.subjects import DUPLICATE_WINDOW_SECONDS, Subjects, publish_trigger
+
+__all__ = ["PUBLISH_DEADLINE", "Schedule", "parse_schedule", "run_schedule", "slot_command"]
 
 log = structlog.get_logger("joblog.worker.schedule")
 
-INTERVAL = re.compile(r"^every\s+(\d+)\s*(s|m|h|d)$", re.IGNORECASE)
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # A copy published later than this after its slot could land outside the duplicate window.
 PUBLISH_DEADLINE = DUPLICATE_WINDOW_SECONDS / 2
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A cron expression (in the configured time zone) or an interval aligned to the epoch."""
-
-    expression: str
-    interval: timedelta | None = None
-
-    def next_after(self, moment: datetime, zone: ZoneInfo) -> datetime:
-        """The first slot strictly after moment, in UTC; the same on every worker."""
-        if self.interval is not None:
-            step = self.interval.total_seconds()
-            elapsed = (moment - EPOCH).total_seconds()
-            return EPOCH + timedelta(seconds=(elapsed // step + 1) * step)
-        return croniter(self.expression, moment.astimezone(zone)).get_next(datetime).astimezone(timezone.utc)
-
-
-def parse_schedule(expression: str) -> Schedule:
-    """'every 10m', '*/15 * * * *', '@daily' (cron may have a sixth, seconds field); raises ValueError."""
-    text = expression.strip()
-    match = INTERVAL.match(text)
-    if match:
-        seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()]
-        if seconds < 1:
-            raise ValueError(f"interval must be at least 1 s, got {expression!r}")
-        return Schedule(text, timedelta(seconds=seconds))
-    if not croniter.is_valid(text):
-        raise ValueError(f"not a cron expression or 'every <n><s|m|h|d>': {expression!r}")
-    return Schedule(text)
 
 
 def slot_command(job: str, slot: datetime) -> TriggerRequested:

@@ -1,4 +1,7 @@
-"""The JSON API: the pages' data as pydantic response models, and the OpenAPI document made from them."""
+"""The JSON API: the read model (services.web.queries) as pydantic response models, and the OpenAPI document.
+
+Built on the same query layer as the HTML pages, never on the pages themselves.
+"""
 from __future__ import annotations
 
 import json
@@ -11,11 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN
-from services.web import db, views
+from services.contracts.statuses import STATUSES, RunStatus
+from services.web import db, params, queries
+from services.web.actions import trigger_job
 from services.web.errors import BadRequest, NotFound
-from services.web.keys import POOL, SETTINGS
+from services.web.keys import SETTINGS
 
-RunState = Literal["new", "processing", "success", "error", "stalled"]
+RunState = Literal[RunStatus, Literal["stalled"]]
 RUNS_MOST = 200
 
 
@@ -28,8 +33,8 @@ class Run(_Out):
 
     name: str = Field(description="YYYYMMDDhhmmss[-N] in the configured time zone.")
     job: str
-    status: Literal["new", "processing", "success", "error"]
-    state: RunState = Field(description="The status to show: 'stalled' when a processing run's worker stopped heartbeating.")
+    status: RunStatus
+    state: RunState = Field(description="The status to show: 'stalled' when an open run's worker is lost (no heartbeat, and no clean stop).")
     summary: str = Field(description="One line: what the run did, or why it failed.")
     trigger: str | None
     requested_by: str | None
@@ -136,7 +141,7 @@ class Error(_Out):
 
 
 def _run(shown: dict[str, Any], model: type[Run] = Run) -> Run:
-    """A run as views.present_run shows it."""
+    """A run as present.present_run shows it."""
     fields = {name: shown.get(name) for name in model.model_fields if name != "url"}
     return model.model_validate({**fields, "url": f"/runs/{shown['name']}"})
 
@@ -147,25 +152,20 @@ def _json(model: BaseModel, status: int = 200) -> web.Response:
 
 async def list_runs(request: web.Request) -> web.Response:
     """Runs, newest first, with the index's filters and keyset cursor."""
-    query = views.index_query(request)
-    limit = views.limit_param(request, request.app[SETTINGS].page_size, RUNS_MOST)
-    async with request.app[POOL].acquire() as conn:
-        rows = await db.list_runs(conn, limit=limit + 1, **query)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    directory = views.worker_directory(request)
-    return _json(RunList(
-        runs=[_run(views.present_run(r, directory)) for r in rows], next_cursor=views.encode_cursor(rows[-1]) if more and rows else None,
-    ))
+    filters = params.runs_filter(request)
+    limit = params.limit(request, request.app[SETTINGS].page_size, RUNS_MOST)
+    runs, next_cursor = await queries.list_runs(request.app, filters, limit)
+    return _json(RunList(runs=[_run(r) for r in runs], next_cursor=next_cursor))
 
 
 async def get_run(request: web.Request) -> web.Response:
     """One run and a page of its details after a seq."""
-    after = views.after_param(request)
-    limit = views.limit_param(request, views.DETAILS_PER_PAGE, 5000)
-    run, details, next_after, total = await views.load_run(request, after, limit)
+    after = params.after(request)
+    limit = params.limit(request, queries.DETAILS_PER_PAGE, 5000)
+    name = params.run_name(request)
+    run, details, next_after, total = await queries.run(request.app, name, after, limit)
     return _json(RunPage(
-        run=_run(views.present_run(run, views.worker_directory(request)), RunWithTraceback),  # type: ignore[arg-type]
+        run=_run(run, RunWithTraceback),  # type: ignore[arg-type]
         details=[_detail(d) for d in details],
         next_after=next_after, total_details=total,
     ))
@@ -180,7 +180,7 @@ def _detail(row: Any) -> Detail:
 
 
 async def list_open_orders(request: web.Request) -> web.Response:
-    data = await views.load_open_orders(request)
+    data = await queries.open_orders(request.app, params.orders_filter(request, db.ORDER_SORTS))
     last = data["last_sync"]
     return _json(OrderList(
         orders=[Order(**dict(o)) for o in data["orders"]], total=data["total"], page=data["page"], pages=data["pages"],
@@ -189,14 +189,14 @@ async def list_open_orders(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    jobs = await views.load_jobs(request)
+    jobs = await queries.jobs(request.app)
     return _json(JobList(jobs=[Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None}) for job in jobs]))
 
 
 async def trigger(request: web.Request) -> web.Response:
     """Queue a run of a job (or a retry of a failed run)."""
     job = request.match_info["job"]
-    known = {j["name"] for j in await views.load_jobs(request)}
+    known = {j["name"] for j in await queries.jobs(request.app)}
     if job not in known:
         raise NotFound(f"No job named {job[:64]!r}; GET /api/jobs lists them.")
     raw = await request.read()
@@ -205,7 +205,7 @@ async def trigger(request: web.Request) -> web.Response:
     except ValidationError as error:
         first = error.errors()[0]
         raise BadRequest(f"body: {'.'.join(map(str, first['loc'])) or 'JSON'}: {first['msg']}") from None
-    command_id = await views.trigger_job(request, job, body.retry_of)
+    command_id = await trigger_job(request, job, body.retry_of)
     return _json(TriggerAccepted(command_id=command_id, job=job, trigger="retry" if body.retry_of else "manual"), status=202)
 
 
@@ -233,7 +233,7 @@ def openapi_document() -> dict[str, Any]:
     name = _param("name", "path", {"type": "string", "pattern": RUN_NAME_PATTERN}, "The run's name.")
     job = _param("job", "path", {"type": "string", "pattern": TOKEN_PATTERN}, "A job id such as sync_open_orders.")
     runs_query = [
-        _param("status", "query", {"type": "string", "enum": list(views.STATUSES)}, "Only runs with this status."),
+        _param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only runs with this status."),
         _param("job", "query", {"type": "string", "pattern": TOKEN_PATTERN}, "Only runs of this job."),
         _param("q", "query", {"type": "string", "maxLength": 100}, "Run names starting with this text."),
         _param("before", "query", {"type": "string", "maxLength": 200}, "The next_cursor of the previous page."),

@@ -15,7 +15,6 @@ import structlog
 from aiohttp import web
 
 from services.contracts.subjects import close_nats
-from services.web import views
 from services.web.cache import PageCache
 from services.web.directory import WorkerDirectory
 from services.web.keys import DIRECTORY, FEED, METRICS, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
@@ -23,6 +22,7 @@ from services.web.live import RunFeed
 from services.web.metrics import Metrics
 from services.web.middleware import basic_auth, error_pages, same_origin_posts, security_headers
 from services.web.passwords import verify_password
+from services.web.present import install_filters
 from services.web.routes import setup_routes
 from services.web.settings import WebSettings
 
@@ -88,7 +88,7 @@ def create_app(settings: WebSettings) -> web.Application:
     if check is not None:
         middlewares.append(basic_auth(check))
     middlewares.append(same_origin_posts)
-    # Long query strings (up to 32 kB) reach the views, so they get a helpful 400, not the parser's.
+    # Long query strings (up to 32 kB) reach the handlers, so they get a helpful 400, not the parser's.
     app = web.Application(
         middlewares=middlewares, client_max_size=64 * 1024, handler_args={"max_line_size": 32 * 1024},
     )
@@ -103,7 +103,7 @@ def create_app(settings: WebSettings) -> web.Application:
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=jinja2.select_autoescape(default=True),
     )
-    views.install_filters(env, settings)
+    install_filters(env, settings)
     app.cleanup_ctx.append(_postgres)
     app.cleanup_ctx.append(_nats)
     setup_routes(app, HERE / "static")

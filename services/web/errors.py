@@ -1,4 +1,4 @@
-"""Errors of the web service; views turn them into 4xx pages or JSON."""
+"""Errors of the web service; the middleware turns them into 4xx pages or JSON."""
 
 
 class WebError(Exception):

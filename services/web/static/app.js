@@ -1,7 +1,10 @@
 // Small progressive enhancements; every page works without this file (live updates aside).
 "use strict";
 
-const RANK = { new: 0, processing: 1, success: 2, error: 2 };
+// The status order is the contract's (services/contracts/statuses.py), written into every page.
+const RANK = JSON.parse(document.documentElement.dataset.statusOrder || "{}");
+const FINAL_RANK = Math.max(...Object.values(RANK));
+const isFinal = (status) => RANK[status] === FINAL_RANK;
 
 // Actions are POSTs confirmed in the UI. Without JS the server asks on a confirmation page.
 document.addEventListener("submit", (event) => {
@@ -102,7 +105,7 @@ function newRow(update) {
 
 // A run page: the header follows the status; new and updated messages stream in.
 function liveRun(head) {
-  if (head.dataset.status === "success" || head.dataset.status === "error") return;
+  if (isFinal(head.dataset.status)) return;
   const list = document.querySelector("ol[data-details]");
   listen("/runs/" + encodeURIComponent(head.dataset.liveRun) + "/events", {
     run(update, source) {
@@ -114,7 +117,7 @@ function liveRun(head) {
       setField(document, "finished", update.finished);
       setField(document, "duration", update.duration);
       setField(document, "summary", update.summary);
-      if (update.status === "success" || update.status === "error") {
+      if (isFinal(update.status)) {
         source.close();
         const note = document.createElement("p");
         note.className = "notice";

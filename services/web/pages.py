@@ -1,0 +1,86 @@
+"""The HTML pages: the index, a run, the open orders and the Jobs Monitor, rendered from the read model.
+
+The index and the run page are cached per projection version (services.web.cache): a page is
+rendered once per change of the projection, whoever asks.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from services.contracts.statuses import STATUSES
+from services.web import db, params, queries
+from services.web.keys import DIRECTORY, PAGE_CACHE, SETTINGS
+
+
+async def page_key(request: web.Request) -> tuple[Any, ...]:
+    """This page's cache key as the projection stands now (read before the page's rows)."""
+    version = await queries.projection_version(request.app)
+    directory = request.app[DIRECTORY]
+    alive = tuple(beat.worker_id for beat in directory.online())
+    stopped = tuple(stop.worker_id for stop in directory.stopped())
+    return (request.path_qs, version, alive, stopped)
+
+
+async def cached(request: web.Request, template: str, load: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
+    """Render template with what load() returns, unless the page is cached for this projection."""
+    key = await page_key(request)
+
+    async def render() -> bytes:
+        response = aiohttp_jinja2.render_template(template, request, await load())
+        assert isinstance(response.body, bytes)
+        return response.body
+
+    body = await request.app[PAGE_CACHE].page(key, render)
+    return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+
+async def index(request: web.Request) -> web.Response:
+    """The JobLog index: most recent runs first, filterable, keyset-paginated."""
+    filters = params.runs_filter(request)
+    notice = params.notice(request)
+
+    async def load() -> dict[str, Any]:
+        runs, next_cursor, jobs = await queries.index(request.app, filters, request.app[SETTINGS].page_size)
+        shown = {k: v for k, v in {"status": filters["status"], "job": filters["job"], "q": filters["search"]}.items() if v}
+        return {
+            "runs": runs,
+            "jobs": jobs,
+            "statuses": STATUSES,
+            "filters": shown,
+            "next_cursor": next_cursor,
+            "paged": filters["before"] is not None,
+            # New runs are inserted live only where they belong: the first page, unfiltered.
+            "live_insert": filters["before"] is None and not shown,
+            "notice": notice,
+        }
+
+    return await cached(request, "index.html", load)
+
+
+async def run_detail(request: web.Request) -> web.Response:
+    """One run: header, final statistics, and its details in the order they happened, a page at a time."""
+    after = params.after(request)
+    name = params.run_name(request)
+
+    async def load() -> dict[str, Any]:
+        run, details, next_after, total = await queries.run(request.app, name, after, queries.DETAILS_PER_PAGE)
+        return {"run": run, "details": details, "total_details": total, "after": after, "next_after": next_after}
+
+    return await cached(request, "run.html", load)
+
+
+@aiohttp_jinja2.template("open_orders.html")
+async def open_orders(request: web.Request) -> dict[str, Any]:
+    """Open orders as the last sync left them."""
+    data = await queries.open_orders(request.app, params.orders_filter(request, db.ORDER_SORTS))
+    return {**data, "q": data["search"] or "", "sorts": db.ORDER_SORTS}
+
+
+@aiohttp_jinja2.template("monitor.html")
+async def monitor(request: web.Request) -> dict[str, Any]:
+    """The Jobs Monitor: jobs, workers, stalled runs, recorder health."""
+    return {**await queries.monitor(request.app), "notice": params.notice(request)}

@@ -1,0 +1,136 @@
+"""Presentation: how a run, a time and a duration are shown (badges, summaries, Jinja2 filters).
+
+Shared by the HTML pages, the JSON API (state, summary) and the live feed (the same badges and
+formats the server-rendered rows use).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import jinja2
+
+from services.contracts.statuses import STATUS_ORDER, TERMINAL
+from services.web.settings import WebSettings
+
+# label, icon, css class: distinguishable by colour and by text/icon
+BADGES = {
+    "new": ("New", "○", "new"),
+    "processing": ("Processing", "◐", "processing"),
+    "success": ("Success", "✓", "success"),
+    "error": ("Error", "✕", "error"),
+    "stalled": ("Stalled", "⚠", "stalled"),
+}
+
+
+class Liveness(Protocol):
+    def is_alive(self, worker_id: str | None) -> bool | None: ...
+
+
+class Row(dict):  # type: ignore[type-arg]
+    """A dict whose keys templates read as attributes: Jinja2 tries getattr before [], and a
+    plain dict made every `run.name` fail once first (the single largest cost of a page)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def run_state(run: asyncpg.Record | dict[str, Any], directory: Liveness) -> str:
+    """The status to show: open runs whose worker is lost (no heartbeat, no clean stop) are stalled."""
+    if run["status"] not in TERMINAL and directory.is_alive(run["worker_id"]) is False:
+        return "stalled"
+    return str(run["status"])
+
+
+def summary(run: asyncpg.Record | dict[str, Any]) -> str:
+    """One line: what the run did, or why it failed."""
+    stats = run["stats"] or {}
+    if isinstance(stats, str):
+        stats = json.loads(stats)
+    if run["status"] == "error":
+        first = (run["error_message"] or "failed").strip().splitlines()
+        return first[0][:160] if first else "failed"
+    if run["status"] == "success":
+        if stats.get("skipped"):
+            return "Skipped: already running"
+        if "imported" in stats:
+            parts = [f"{stats['imported']:,} imported"]
+            for key in ("created", "updated", "closed", "invalid"):
+                if stats.get(key):
+                    parts.append(f"{stats[key]:,} {key}")
+            return ", ".join(parts)
+        return ", ".join(f"{v:,} {k}" if isinstance(v, int) else f"{k}: {v}" for k, v in list(stats.items())[:4]) or "Done"
+    return "Running…" if run["status"] == "processing" else "Waiting to start"
+
+
+def format_when(value: datetime | None, zone: ZoneInfo, millis: bool = False) -> str:
+    """A timestamp in the configured zone, to the second or the millisecond."""
+    if value is None:
+        return "—"
+    local = value.astimezone(zone)
+    text = local.strftime("%Y-%m-%d %H:%M:%S")
+    if millis:
+        text += f".{local.microsecond // 1000:03d}"
+    return text
+
+
+def format_clock(value: datetime, zone: ZoneInfo) -> str:
+    """HH:MM:SS.mmm in the configured zone (a time on the same page as its date)."""
+    return format_when(value, zone, millis=True).split(" ", 1)[1]
+
+
+def format_duration(ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, whole = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {whole:02d} s"
+
+
+def badge(status: str) -> dict[str, str]:
+    label, icon, css = BADGES[status]
+    return {"label": label, "icon": icon, "css": css}
+
+
+def install_filters(env: jinja2.Environment, settings: WebSettings) -> None:
+    """The templates' filters (when, clock, duration, number) and globals (badges, zone, status order)."""
+    zone = settings.zone
+
+    def when(value: datetime | None, millis: bool = False) -> str:
+        return format_when(value, zone, millis)
+
+    def number(value: Any) -> str:
+        return f"{value:,}" if isinstance(value, (int, float)) else str(value)
+
+    env.filters.update(when=when, clock=lambda value: format_clock(value, zone), duration=format_duration, number=number)
+    env.globals.update(badges=BADGES, zone_name=settings.timezone, status_order=STATUS_ORDER)
+
+
+def _live_duration(run: asyncpg.Record) -> int | None:
+    if run["duration_ms"] is not None:
+        return int(run["duration_ms"])
+    if run["started_at"] is not None and run["status"] == "processing":
+        return int((datetime.now(timezone.utc) - run["started_at"]).total_seconds() * 1000)
+    return None
+
+
+def present_run(run: asyncpg.Record, directory: Liveness) -> Row:
+    """A run's row with what the pages and the API show of it: state, summary, live duration."""
+    data = Row(run)
+    if isinstance(data.get("stats"), str):
+        data["stats"] = json.loads(data["stats"])
+    data["state"] = run_state(run, directory)
+    data["summary"] = summary(data)
+    data["live_duration_ms"] = _live_duration(run)
+    return data

@@ -1,0 +1,157 @@
+"""The read model: what the pages and the JSON API show, from Postgres and the worker directory.
+
+One layer for both: services.web.pages renders these results as HTML, services.web.api as JSON.
+Functions take the app (its pool, settings and directory) and checked parameters, never a request.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from services.contracts.schedules import next_slot
+from services.web import db
+from services.web.errors import NotFound
+from services.web.keys import DIRECTORY, NATS_CONNECTION, POOL, SETTINGS
+from services.web.params import encode_cursor
+from services.web.present import Row, present_run, run_state
+
+log = structlog.get_logger("joblog.web")
+
+ORDERS_PER_PAGE = 50
+DETAILS_PER_PAGE = 500
+
+
+async def list_runs(app: web.Application, filters: dict[str, Any], limit: int) -> tuple[list[Row], str | None]:
+    """One page of runs, newest first, with the cursor of the next (older) page."""
+    async with app[POOL].acquire() as conn:
+        rows = await db.list_runs(conn, limit=limit + 1, **filters)
+    return _page_of_runs(app, rows, limit)
+
+
+async def index(app: web.Application, filters: dict[str, Any], limit: int) -> tuple[list[Row], str | None, list[str]]:
+    """The index: a page of runs, its next cursor, and every job that has runs (for the filter)."""
+    async with app[POOL].acquire() as conn:
+        rows = await db.list_runs(conn, limit=limit + 1, **filters)
+        jobs = await db.known_jobs(conn)
+    runs, cursor = _page_of_runs(app, rows, limit)
+    return runs, cursor, jobs
+
+
+def _page_of_runs(app: web.Application, rows: list[asyncpg.Record], limit: int) -> tuple[list[Row], str | None]:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    directory = app[DIRECTORY]
+    return [present_run(r, directory) for r in rows], (encode_cursor(rows[-1]) if more and rows else None)
+
+
+async def run(app: web.Application, name: str, after: int, limit: int) -> tuple[Row, list[Row], int | None, int]:
+    """A run, one page of its details after a seq, the cursor of the next page, and the detail count."""
+    async with app[POOL].acquire() as conn:
+        found = await db.get_run(conn, name)
+        if found is None:
+            raise NotFound(f"There is no run named {name}. It may have been deleted.")
+        details = await db.list_details(conn, found["id"], after, limit + 1)
+        more = len(details) > limit
+        details = details[:limit]
+        total = await db.count_details(conn, found["id"]) if more or after else len(details)
+    next_after = details[-1]["first_seq"] if more and details else None
+    return present_run(found, app[DIRECTORY]), [Row(d) for d in details], next_after, total
+
+
+async def open_orders(app: web.Application, filters: dict[str, Any]) -> dict[str, Any]:
+    """One page of open orders, its place among the pages, and the last successful sync."""
+    page = filters["page"]
+    async with app[POOL].acquire() as conn:
+        rows, total = await db.list_open_orders(
+            conn, search=filters["search"], sort=filters["sort"], descending=filters["dir"] == "desc",
+            limit=ORDERS_PER_PAGE, offset=(page - 1) * ORDERS_PER_PAGE,
+        )
+        last_sync = await db.last_successful_sync(conn)
+    pages = max(1, -(-total // ORDERS_PER_PAGE))
+    if page > pages:
+        raise NotFound(f"Page {page} does not exist; there are {pages} pages.")
+    return {**filters, "orders": rows, "total": total, "pages": pages, "last_sync": last_sync}
+
+
+async def jobs(app: web.Application) -> list[dict[str, Any]]:
+    """Every job the workers describe or that has runs, with its schedule, next slot and latest run."""
+    directory = app[DIRECTORY]
+    described = {job.name: job for job in directory.jobs()}
+    async with app[POOL].acquire() as conn:
+        names = sorted(set(described) | set(await db.known_jobs(conn)))
+        latest = await db.latest_runs(conn, names)
+    found = []
+    for name in names:
+        description = described.get(name)
+        schedule = description.schedule if description else None
+        found.append({
+            "name": name,
+            "title": description.title if description else name,
+            "description": description.description if description else "",
+            "schedule": schedule,
+            "next_run": next_slot(schedule, app[SETTINGS].zone),
+            "available": name in described,
+            "latest": present_run(latest[name], directory) if name in latest else None,
+        })
+    return found
+
+
+async def recorder_health(app: web.Application) -> dict[str, Any]:
+    """The projection's position, the recorder consumer's backlog (asked of NATS), and the dead letters."""
+    settings = app[SETTINGS]
+    async with app[POOL].acquire() as conn:
+        health = await db.recorder_health(conn)
+    health["consumer"] = None
+    try:
+        js = app[NATS_CONNECTION].jetstream(timeout=2)
+        info = await js.consumer_info(settings.stream, settings.recorder_consumer)
+        health["consumer"] = {
+            "pending": info.num_pending or 0, "ack_pending": info.num_ack_pending or 0,
+            "redelivered": info.num_redelivered or 0,
+        }
+    except Exception as error:  # no recorder yet, or NATS away: the page says "unknown"
+        log.info("recorder consumer unavailable", error=repr(error))
+    state = health["state"]
+    lag = None
+    if state is not None and health["consumer"] is not None:
+        behind = health["consumer"]["pending"] + health["consumer"]["ack_pending"]
+        if behind == 0:
+            lag = 0.0
+        elif state["last_event_at"] is not None:
+            lag = max(0.0, (datetime.now(timezone.utc) - state["last_event_at"]).total_seconds())
+    health["lag_seconds"] = lag
+    return health
+
+
+async def monitor(app: web.Application) -> dict[str, Any]:
+    """The Jobs Monitor: jobs, workers online with their runs, lost and stopped workers, stalled runs, health."""
+    directory = app[DIRECTORY]
+    found_jobs = await jobs(app)
+    online = directory.online()
+    running_ids = [run_id for beat in online for run_id in beat.running]
+    async with app[POOL].acquire() as conn:
+        processing = await db.list_runs(conn, limit=50, status="processing")
+        names = await db.run_names(conn, running_ids)
+    return {
+        "jobs": found_jobs,
+        "workers": [{"beat": beat, "running": [names.get(run_id) for run_id in beat.running]} for beat in online],
+        "lost": directory.lost(),
+        "stopped": directory.stopped(),
+        "stalled": [present_run(r, directory) for r in processing if run_state(r, directory) == "stalled"],
+        "health": await recorder_health(app),
+    }
+
+
+async def runs_by_status(app: web.Application) -> dict[str, int]:
+    async with app[POOL].acquire() as conn:
+        return await db.runs_by_status(conn)
+
+
+async def projection_version(app: web.Application) -> int:
+    """Where the projection stands: a page rendered at one version is valid until the next."""
+    async with app[POOL].acquire() as conn:
+        return await db.projection_version(conn)
