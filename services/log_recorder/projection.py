@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from services.contracts.statuses import STATUS_ORDER
 from services.contracts import (
     ActionTaken,
     RunCreated,
@@ -27,7 +28,7 @@ from services.contracts import (
 )
 
 STATUS_OF = {"run.created": "new", "run.started": "processing", "run.step": "new", "run.succeeded": "success", "run.failed": "error"}
-RANK = {"new": 0, "processing": 1, "success": 2, "error": 2}
+RANK = STATUS_ORDER
 
 
 @dataclass

@@ -31,10 +31,9 @@ from typing import Any
 
 import asyncpg
 import structlog
-from nats.js.api import DeliverPolicy
-from pydantic import ValidationError
 
-from services.contracts import RunFailed, StepLogged, WorkerHeartbeat, WorkerStopped, parse_worker_event
+from services.contracts import RunFailed, StepLogged, WorkerHeartbeat, WorkerStopped
+from services.contracts.liveness import JetStreamClock, follow_workers
 from services.log_recorder import db
 from services.log_recorder.errors import is_refused
 from services.log_recorder.settings import RecorderSettings
@@ -82,34 +81,12 @@ def verdict_events(row: Any, timeout: float, now: datetime) -> tuple[StepLogged,
     return step, failed
 
 
-class JetStreamClock:
-    """JetStream's "now", estimated from the server timestamps of the messages we receive.
-
-    A message's timestamp is when the server stored it; we receive it a little later. The smallest
-    (receive time - timestamp) seen is the best estimate of our clock's offset plus the shortest
-    delivery delay, so now() is never ahead of the server's clock by more than that delay.
-    """
-
-    def __init__(self) -> None:
-        self.offset: timedelta | None = None
-
-    def observe(self, server_time: datetime) -> None:
-        offset = datetime.now(timezone.utc) - server_time
-        if self.offset is None or offset < self.offset:
-            self.offset = offset
-
-    def now(self) -> datetime:
-        return datetime.now(timezone.utc) - (self.offset or timedelta(0))
-
-
 @dataclass
 class Seen:
-    """One worker message as received: the event, JetStream's time of it, and the raw message."""
+    """One worker message as received: the event and JetStream's time of it."""
 
     event: WorkerHeartbeat | WorkerStopped
     at: datetime
-    subject: str
-    data: bytes
 
 
 class Watchdog:
@@ -147,42 +124,14 @@ class Watchdog:
 
     async def follow(self, stopping: asyncio.Event) -> None:
         """The last heartbeat and stop of every worker, then each new one."""
-        subjects = self.settings.subjects
-        while not stopping.is_set():
-            try:
-                sub = await self.js.subscribe(
-                    subjects.worker_events, stream=subjects.heartbeat_stream, ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                )
-                try:
-                    while not stopping.is_set():
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            message = await sub.next_msg(timeout=0.5)
-                            self.record(message)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-            except Exception as error:  # NATS away or stream missing: keep trying
-                self.watching_since = None
-                log.warning("following heartbeats failed", error=repr(error))
-                await asyncio.sleep(1)
+        await follow_workers(self.js, self.settings.subjects, self.record, stopping)
 
-    def record(self, message: Any) -> None:
-        try:
-            event = parse_worker_event(message.data)
-        except ValidationError as error:
-            log.warning("ignored a worker message that breaks the contract", subject=message.subject,
-                        error=str(error).splitlines()[0])
-            return
-        try:
-            seen = message.metadata.timestamp  # JetStream's clock, the same for every recorder
-            self.clock.observe(seen)
-        except Exception:
-            seen = event.occurred_at
+    def record(self, event: WorkerHeartbeat | WorkerStopped, seen: datetime) -> None:
+        self.clock.observe(seen)
         key = (event.worker_id, event.incarnation, event.type)
         known = self.unflushed.get(key)
         if known is None or known.at <= seen:
-            self.unflushed[key] = Seen(event, seen, message.subject, bytes(message.data))
+            self.unflushed[key] = Seen(event, seen)
 
     async def tick(self) -> None:
         await self.flush()
@@ -212,8 +161,11 @@ class Watchdog:
                         if not is_refused(error):
                             raise
                         reason = f"refused by Postgres: {type(error).__name__}: {error}"[:2000]
-                        log.warning("dead-lettered a worker message", subject=seen.subject, reason=reason)
-                        await db.store_dead_letters(conn, [(seen.subject, seen.data, reason, None)])
+                        subjects = self.settings.subjects
+                        subject = (subjects.for_worker_stop(seen.event.worker_id) if isinstance(seen.event, WorkerStopped)
+                                   else subjects.for_heartbeat(seen.event.worker_id))
+                        log.warning("dead-lettered a worker message", subject=subject, reason=reason)
+                        await db.store_dead_letters(conn, [(subject, seen.event.model_dump_json().encode(), reason, None)])
                     written += 1
         except Exception:
             # Keep what was not written for the next tick (newer messages received meanwhile win).
