@@ -153,7 +153,6 @@ async def test_chaos_soak_leaves_a_log_that_tells_the_truth(own_servers, slow_or
         db = await connect_when_up(dsn)
         for worker in workers.values():
             worker.terminate()
-        counts["runs"] = await db.fetchval("SELECT count(*) FROM run_names")
 
         async def all_terminal() -> bool:
             open_runs = await db.fetchval(
@@ -167,6 +166,8 @@ async def test_chaos_soak_leaves_a_log_that_tells_the_truth(own_servers, slow_or
         relay.start()
         await eventually(all_terminal, timeout=120, interval=0.5)
         relay.terminate()
+        await eventually(all_terminal, timeout=120, interval=0.5)
+        counts["runs"] = await db.fetchval("SELECT count(*) FROM run_names")
         await eventually(lambda: _drained(js, subjects.stream), timeout=60)
         for recorder in recorders:
             recorder.terminate()
