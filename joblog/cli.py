@@ -20,10 +20,12 @@ def _logging(settings: CommonSettings) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply the schema migrations to JOBLOG_DATABASE_URL."""
+    """Apply the schema migrations to JOBLOG_DATABASE_URL, then create the JetStream streams that are missing."""
     import asyncpg
 
     from joblog.migrate import ensure_database, migrate
+    from services.contracts.nats import connect
+    from services.contracts.subjects import StreamsUnavailable, close_nats, ensure_streams
 
     settings = load_settings(CommonSettings)
 
@@ -31,12 +33,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         await ensure_database(settings.database_url)
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await migrate(conn)
+            applied = await migrate(conn)
         finally:
             await conn.close()
+        if not args.no_streams:
+            nc = await connect(settings, "joblog-migrate", reconnect=False)
+            try:
+                await ensure_streams(nc.jetstream(timeout=10), settings.subjects, settings.stream_replicas)
+            finally:
+                await close_nats(nc)
+        return applied
 
-    applied = asyncio.run(go())
+    try:
+        applied = asyncio.run(go())
+    except StreamsUnavailable as error:
+        print(f"joblog: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"joblog: cannot reach NATS at {settings.nats_url}: {error}", file=sys.stderr)
+        return 1
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if not args.no_streams:
+        print(f"streams ready: {', '.join(c.name for c in settings.subjects.stream_configs())}")
     return 0
 
 
@@ -191,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".joblog", help="where the embedded servers keep their data (default .joblog)")
     dev.add_argument("--port", type=int, default=None, help="web port (default JOBLOG_WEB_PORT or 8080)")
     dev.add_argument("--no-sync", action="store_true", help="do not trigger a first sync")
-    add("migrate", cmd_migrate, "Apply database migrations",
-        "Needs JOBLOG_DATABASE_URL. Creates the database if missing; safe to run twice or from several processes at once.")
+    migrate = add("migrate", cmd_migrate, "Apply database migrations and create the streams",
+                  "Needs JOBLOG_DATABASE_URL and JOBLOG_NATS_URL (a NATS user allowed to create streams). Creates the "
+                  "database and the missing streams; safe to run twice or from several processes at once.")
+    migrate.add_argument("--no-streams", action="store_true", help="only the database schema")
     add("worker", cmd_worker, "Run a sync worker",
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated). Stops on SIGTERM after running jobs finish.")
     add("recorder", cmd_recorder, "Run the log recorder",

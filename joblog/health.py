@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import nats
-
+from services.contracts.nats import connect
 from services.contracts.settings import CommonSettings
 from services.contracts.subjects import close_nats
 
@@ -22,8 +21,8 @@ async def check(settings: CommonSettings, timeout: float = 5.0) -> list[str]:
     try:
         # max_reconnect_attempts=0 would make nats-py retry a refused first connect forever.
         nc = await asyncio.wait_for(
-            nats.connect(servers=settings.nats_servers, name="joblog-health", connect_timeout=timeout,
-                         allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=quiet),
+            connect(settings, "joblog-health", reconnect=False, connect_timeout=timeout, reconnect_time_wait=0.2,
+                    error_cb=quiet),
             timeout * 2,
         )
     except Exception as error:

@@ -74,8 +74,11 @@ class NatsServer:
     """A nats-server with JetStream, storing under data_dir."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, name: str = "joblog",
-                 cluster_port: int | None = None, routes: list[int] | None = None, cluster_name: str = "joblog") -> None:
+                 cluster_port: int | None = None, routes: list[int] | None = None, cluster_name: str = "joblog",
+                 config: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.config = config  # a nats-server configuration file (users, permissions); flags below override it
+        self.env = env
         self.port = port or free_port()
         self.name = name
         self.cluster_port = cluster_port
@@ -92,10 +95,13 @@ class NatsServer:
         log = self.data_dir / "nats-server.log"
         args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data_dir),
                 "-n", self.name, "-l", str(log)]
+        if self.config is not None:
+            args += ["-c", str(self.config)]
         if self.cluster_port:
             args += ["--cluster_name", self.cluster_name, "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
                      "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **child_process_options())  # type: ignore[call-overload]
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, **child_process_options())  # type: ignore[call-overload]
         _wait_for_port(self.process, self.port, "nats-server", log)
         return self
 

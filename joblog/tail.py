@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 import nats
+
+from services.contracts.nats import connect as nats_connect
 from nats.js.api import DeliverPolicy
 from pydantic import ValidationError
 
@@ -96,8 +98,7 @@ async def connect(settings: CommonSettings, name: str) -> Any:
     try:
         # max_reconnect_attempts=-1 also retries a refused first connect forever: bound that part.
         return await asyncio.wait_for(
-            nats.connect(servers=settings.nats_servers, name=name, max_reconnect_attempts=-1,
-                         reconnect_time_wait=0.5, connect_timeout=5, error_cb=quiet),
+            nats_connect(settings, name, error_cb=quiet),
             10,
         )
     except (OSError, asyncio.TimeoutError, nats.errors.Error):

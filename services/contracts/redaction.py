@@ -40,8 +40,14 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+# user:password@ where no scheme says it is a URL (a DSN typed without "//", say).
+_USERINFO = re.compile(r"[^\s/@'\"]+:[^\s/@'\"]+@")
+
+
 def redact(text: str) -> str:
-    """text with every URL in it redacted."""
-    if "://" not in text:
-        return text
-    return _URL.sub(lambda match: redact_url(match.group(1)), text)
+    """text with every URL in it redacted, and any other user:password@ too."""
+    if "://" in text:
+        text = _URL.sub(lambda match: redact_url(match.group(1)), text)
+    if "@" in text:
+        text = _USERINFO.sub(f"{MASK}@", text)
+    return text

@@ -5,10 +5,11 @@ Read from JOBLOG_* environment variables by pydantic-settings, never at import t
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.contracts.redaction import redact
@@ -23,6 +24,12 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma-separated.")
+    nats_user: str | None = Field(None, min_length=1, max_length=200, description="NATS user (with JOBLOG_NATS_PASSWORD).")
+    nats_password: SecretStr | None = Field(None, description="Password of JOBLOG_NATS_USER.")
+    nats_token: SecretStr | None = Field(None, description="NATS authentication token.")
+    nats_creds: Path | None = Field(None, description="NATS .creds file (JWT and NKey seed).")
+    nats_nkey_seed: Path | None = Field(None, description="File holding an NKey seed (SU...).")
+    nats_tls_ca: Path | None = Field(None, description="CA certificate that signed the NATS server's TLS certificate.")
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/joblog", description="Postgres DSN (asyncpg)."
     )
@@ -39,6 +46,24 @@ class CommonSettings(BaseSettings):
         for url in value.split(","):
             if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise ValueError(f"expected nats://host:port, got {url.strip()!r}")
+        return value
+
+    @field_validator("nats_creds", "nats_nkey_seed", "nats_tls_ca")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as error:
+                raise ValueError(f"cannot read {value}: {error.strerror}") from None
+        return value
+
+    @field_validator("nats_password")
+    @classmethod
+    def _password_needs_user(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not info.data.get("nats_user"):
+            raise ValueError("set JOBLOG_NATS_USER too")
         return value
 
     @field_validator("database_url")

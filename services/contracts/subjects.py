@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -112,16 +112,42 @@ class Subjects:
         ]
 
 
+class StreamsUnavailable(Exception):
+    """A stream joblog needs is missing and this connection may not create it (or NATS refused)."""
+
+
 async def ensure_streams(js, subjects: Subjects, replicas: int = 1) -> None:  # type: ignore[no-untyped-def]
-    """Create the streams, or bring an existing one's config up to date; safe from many processes."""
+    """Create the streams that are missing; on existing ones, add only subjects joblog needs and lacks.
+
+    Safe from many processes at once. Never touches an existing stream's limits (max_age,
+    max_bytes, replicas ...): those are the operator's. A service whose NATS user may only read
+    streams (deploy/nats/nats.conf) works once `joblog migrate` (an admin) has created them.
+    """
+    import nats.errors
     import nats.js.errors
 
     for config in subjects.stream_configs(replicas):
         try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # Exists with another config (e.g. an older version): update in place.
-            await js.update_stream(config)
+            info = await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            info = None
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+            raise StreamsUnavailable(f"cannot look up stream {config.name}: {type(error).__name__} "
+                                     "(is JetStream enabled, and may this NATS user read streams?)") from None
+        if info is None:
+            try:
+                await js.add_stream(config)
+                continue
+            except nats.js.errors.BadRequestError:
+                info = await js.stream_info(config.name)  # created meanwhile by another process
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+                raise StreamsUnavailable(
+                    f"stream {config.name} is missing and this NATS user may not create it ({type(error).__name__}); "
+                    "run `joblog migrate` with an admin NATS user first") from None
+        missing = [subject for subject in config.subjects or [] if subject not in (info.config.subjects or [])]
+        if missing:
+            # An older release's stream: add what this release publishes, keep everything else as it is.
+            await js.update_stream(replace(info.config, subjects=[*(info.config.subjects or []), *missing]))
 
 
 async def publish_trigger(js, subjects: Subjects, command) -> None:  # type: ignore[no-untyped-def]

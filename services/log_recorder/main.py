@@ -17,6 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from services.contracts import ActionTaken, RunsDeleted, parse_event
+from services.contracts.nats import connect
 from services.contracts.subjects import close_nats, ensure_streams
 from services.log_recorder import db
 from services.log_recorder.errors import TRANSIENT, DeadLetter, is_refused
@@ -309,13 +310,7 @@ async def run(settings: RecorderSettings, ready: asyncio.Event | None = None, st
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(asyncpg.create_pool(settings.database_url, min_size=1, max_size=4))
 
-        async def on_error(error: Exception) -> None:
-            log.warning("nats error", error=repr(error))
-
-        nc = await nats.connect(
-            servers=settings.nats_servers, name="joblog-recorder", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, error_cb=on_error,
-        )
+        nc = await connect(settings, "joblog-recorder")
         stack.push_async_callback(close_nats, nc)
         recorder = Recorder(settings, pool, nc)
         await ensure_streams(recorder.js, settings.subjects, settings.stream_replicas)

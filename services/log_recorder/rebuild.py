@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import nats
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tqdm import tqdm
 
+from services.contracts.nats import connect
 from services.contracts.subjects import close_nats, ensure_streams
 from services.log_recorder import db
 from services.log_recorder.errors import RebuildFailed, is_refused
@@ -199,7 +199,7 @@ async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> Rebui
     try:
         if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", REBUILD_LOCK):
             raise RebuildFailed("another rebuild of this database is running; wait for it to finish")
-        nc = await nats.connect(servers=settings.nats_servers, name="joblog-rebuild")
+        nc = await connect(settings, "joblog-rebuild", reconnect=False)
         js = nc.jetstream(timeout=10)
         await ensure_streams(js, settings.subjects, settings.stream_replicas)
         state = (await js.stream_info(settings.stream)).state

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from services.contracts import TriggerRequested, WorkerHeartbeat, WorkerStopped
 from services.contracts.events import TriggerKind, utcnow
+from services.contracts.nats import connect
 from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
 from services.sync_worker.errors import UnknownJob
 from services.sync_worker.jobs import RunContext, registry
@@ -33,18 +34,6 @@ log = structlog.get_logger("joblog.worker")
 
 TRIGGER_CONSUMER = "workers"
 JOB_LOCK_NAMESPACE = "joblog.job"
-
-
-async def connect_nats(settings: WorkerSettings, name: str) -> NATS:
-    """A connection that keeps reconnecting for as long as the process lives."""
-
-    async def on_error(error: Exception) -> None:
-        log.warning("nats error", error=repr(error))
-
-    return await nats.connect(
-        servers=settings.nats_servers, name=name, max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, connect_timeout=5, error_cb=on_error,
-    )
 
 
 class Worker:
@@ -240,7 +229,7 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         # Per run: a connection holding its job slot, one for its work, one for its log.
         pool_size = 3 * settings.worker_max_runs + 3
         pool = await stack.enter_async_context(asyncpg.create_pool(settings.database_url, min_size=1, max_size=pool_size))
-        nc = await connect_nats(settings, f"joblog-worker-{settings.worker_id}")
+        nc = await connect(settings, f"joblog-worker-{settings.worker_id}")
         stack.push_async_callback(close_nats, nc)
         worker = Worker(settings, pool, nc)
         await ensure_streams(worker.js, settings.subjects, settings.stream_replicas)
@@ -281,7 +270,7 @@ async def send_trigger(settings: WorkerSettings, job: str, trigger: TriggerKind 
     """Publish one trigger command (what `joblog trigger` and the web's "Run now" do)."""
     registry.get(job)
     command = TriggerRequested(job=job, trigger=trigger, requested_by=requested_by)
-    nc = await connect_nats(settings, "joblog-trigger")
+    nc = await connect(settings, "joblog-trigger")
     try:
         js = nc.jetstream(timeout=5)
         await ensure_streams(js, settings.subjects, settings.stream_replicas)

@@ -10,10 +10,10 @@ from pathlib import Path
 import aiohttp_jinja2
 import asyncpg
 import jinja2
-import nats
 import structlog
 from aiohttp import web
 
+from services.contracts.nats import connect
 from services.contracts.subjects import close_nats
 from services.web.cache import PageCache
 from services.web.directory import WorkerDirectory
@@ -46,13 +46,7 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 async def _nats(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
 
-    async def on_error(error: Exception) -> None:
-        log.warning("nats error", error=repr(error))
-
-    nc = await nats.connect(
-        servers=settings.nats_servers, name="joblog-web", max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, error_cb=on_error,
-    )
+    nc = await connect(settings, "joblog-web")
     app[NATS_CONNECTION] = nc
     await app[FEED].subscribe(nc, settings.subjects)
     stopping = asyncio.Event()
