@@ -54,7 +54,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 1
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
     if not args.no_streams:
-        print(f"streams ready: {', '.join(c.name for c in settings.subjects.stream_configs())}")
+        print(f"streams ready: {', '.join(str(c.name) for c in settings.subjects.stream_configs())}")
     return 0
 
 
