@@ -60,10 +60,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a sync worker: takes triggers, runs jobs, publishes their events."""
+    from services.sync_worker.jobs import registry
     from services.sync_worker.main import run
     from services.sync_worker.settings import WorkerSettings
 
     settings = load_settings(WorkerSettings)
+    problem = settings.unknown_jobs(registry.names())
+    if problem:
+        print(f"joblog: {problem}", file=sys.stderr)
+        return 2
     _logging(settings)
     asyncio.run(run(settings))
     return 0

@@ -220,6 +220,9 @@ async def _skip(spec: JobSpec, ctx: RunContext, limit: int) -> None:
 
 async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stopping: asyncio.Event | None = None) -> None:
     """Run a worker until SIGTERM/SIGINT (or stopping is set)."""
+    problem = settings.unknown_jobs(registry.names())
+    if problem:
+        raise UnknownJob(problem)
     stopping = stopping or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
+from services.contracts.schedules import parse_schedule
 from services.contracts.settings import CommonSettings
 
 SAMPLE_CSV = Path(__file__).parent / "data" / "sample_open_orders.csv"
@@ -67,12 +67,20 @@ class WorkerSettings(CommonSettings):
                 raise ValueError("expected an http:// or https:// URL")
         return value
 
+    @field_validator("orders_csv_path")
+    @classmethod
+    def _readable_csv(cls, value: Path, info: ValidationInfo) -> Path:
+        if info.data.get("orders_source", "csv") == "csv":
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as error:
+                raise ValueError(f"cannot read {value}: {error.strerror}") from None
+        return value
+
     @field_validator("schedules")
     @classmethod
     def _valid_schedules(cls, value: dict[str, str]) -> dict[str, str]:
-        from services.sync_worker.schedules import parse_schedule
-
-        _known_jobs(value)
         for job, expression in value.items():
             try:
                 parse_schedule(expression)
@@ -83,17 +91,17 @@ class WorkerSettings(CommonSettings):
     @field_validator("job_concurrency")
     @classmethod
     def _positive_concurrency(cls, value: dict[str, int]) -> dict[str, int]:
-        _known_jobs(value)
         for job, limit in value.items():
             if limit < 1:
                 raise ValueError(f"{job}: max concurrency must be at least 1")
         return value
 
+    def unknown_jobs(self, known: list[str]) -> str | None:
+        """The first setting that names a job this worker does not have, as one line; None if all are known.
 
-def _known_jobs(by_job: Mapping[str, object]) -> None:
-    # Imported here: the jobs import these settings.
-    from services.sync_worker.jobs import registry
-
-    unknown = sorted(set(by_job) - set(registry.names()))
-    if unknown:
-        raise ValueError(f"unknown job {unknown[0]!r}; known: {', '.join(registry.names())}")
+        Checked where the jobs are registered (the worker's start), so these settings stay plain data."""
+        for variable, by_job in (("JOBLOG_SCHEDULES", self.schedules), ("JOBLOG_JOB_CONCURRENCY", self.job_concurrency)):
+            unknown = sorted(set(by_job) - set(known))
+            if unknown:
+                return f"invalid setting {variable}: unknown job {unknown[0]!r}; known: {', '.join(known)}"
+        return None

@@ -195,3 +195,33 @@ async def test_a_batch_postgres_refuses_fails_the_run_instead_of_hanging_it(
     assert run["status"] == "error"
     assert "refused: SO-100002" in run["error_message"]
     assert await db.fetchval("SELECT count(*) FROM open_orders") == 0
+
+
+def test_worker_settings_are_plain_data_that_import_no_job_or_source():
+    import subprocess
+    import sys
+
+    probe = ("import sys; import services.sync_worker.settings as s; s.WorkerSettings(); "
+             "loaded = [m for m in sys.modules if m.startswith(('services.sync_worker.jobs', 'services.sync_worker.sources'))]; "
+             "print(loaded)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_worker_refuses_to_start_on_an_unknown_job_or_an_unreadable_csv_with_one_line():
+    import os
+    import subprocess
+    import sys
+
+    cases = {
+        "JOBLOG_SCHEDULES": ('{"sync_open_ordrs": "every 5m"}', "unknown job 'sync_open_ordrs'; known: "),
+        "JOBLOG_JOB_CONCURRENCY": ('{"nope": 2}', "unknown job 'nope'; known: "),
+        "JOBLOG_ORDERS_CSV_PATH": ("/nonexistent/orders.csv", "cannot read /nonexistent/orders.csv"),
+    }
+    for variable, (value, reason) in cases.items():
+        env = {**os.environ, variable: value}
+        done = subprocess.run([sys.executable, "-m", "joblog", "worker"], env=env, capture_output=True, text=True, timeout=60)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"joblog: invalid setting {variable}:") and reason in lines[0]
