@@ -2,7 +2,12 @@
 
 NATS and Postgres come from pip wheels (data under .joblog/) unless JOBLOG_NATS_URL and
 JOBLOG_DATABASE_URL name servers to use. The recorder, worker and web run as child
-processes, exactly as in a deployment. Ctrl-C stops everything this command started.
+processes, exactly as in a deployment. Ctrl-C stops everything this command started, also
+while it is still starting.
+
+Where the servers are is written to .joblog/stack.env while the stack runs, so every other
+`joblog` command run in this checkout (trigger, tail, rebuild ...) reaches this stack unless
+JOBLOG_* variables say otherwise (services/contracts/settings.py, load_settings).
 """
 from __future__ import annotations
 
@@ -21,6 +26,11 @@ from joblog.servers import EmbeddedPostgres, NatsServer, child_process_options, 
 from joblog.migrate import with_database
 
 SERVICES = ("recorder", "worker", "web")
+STACK_FILE = "stack.env"
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while the stack was starting."""
 
 
 def _preferred(port: int) -> int:
@@ -60,9 +70,11 @@ async def _prepare(database_url: str) -> None:
         await conn.close()
 
 
-def _wait_http(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> bool:
+def _wait_http(url: str, procs: list[subprocess.Popen[bytes]], stop: threading.Event, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop.is_set():
+            raise Interrupted
         if any(p.poll() is not None for p in procs):
             return False
         try:
@@ -74,16 +86,49 @@ def _wait_http(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 
     return False
 
 
+def _web_port(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """The port asked for, or 8080, or (8080 being taken and nothing asked) a free one."""
+    asked = args.port or (int(env["JOBLOG_WEB_PORT"]) if env.get("JOBLOG_WEB_PORT", "").isdigit() else None)
+    port = asked or 8080
+    if port_open("127.0.0.1", port):
+        if asked:
+            raise SystemExit(f"joblog dev: port {port} is already in use; choose another with --port or JOBLOG_WEB_PORT")
+        port = free_port()
+        print(f"joblog dev: port 8080 is in use; the web takes {port} (choose with --port or JOBLOG_WEB_PORT)",
+              file=sys.stderr, flush=True)
+    return port
+
+
+def write_stack_file(data: Path, env: dict[str, str]) -> Path:
+    """Tell the other joblog commands of this checkout where this stack's servers are."""
+    path = data / STACK_FILE
+    path.write_text(
+        f"# Written by `joblog dev` (pid {os.getpid()}) while it runs; removed when it stops.\n"
+        f"JOBLOG_DEV_PID={os.getpid()}\n"
+        f"JOBLOG_NATS_URL={env['JOBLOG_NATS_URL']}\n"
+        f"JOBLOG_DATABASE_URL={env['JOBLOG_DATABASE_URL']}\n"
+    )
+    return path
+
+
 def main(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).resolve()
     data.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     servers: list[NatsServer | EmbeddedPostgres] = []
     children: list[subprocess.Popen[bytes]] = []
-    # Ctrl-C reaches the whole process group; we stop things in order ourselves.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stack_file: Path | None = None
+    # Ctrl-C reaches the whole process group; we stop things in order ourselves, also mid-start.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def check() -> None:
+        if stop.is_set():
+            raise Interrupted
+
     try:
+        port = _web_port(args, env)
         if not env.get("JOBLOG_NATS_URL"):
             nats = NatsServer(data / "nats", _preferred(4322)).start()
             servers.append(nats)
@@ -92,18 +137,20 @@ def main(args: argparse.Namespace) -> int:
             pg = EmbeddedPostgres(data / "postgres", _preferred(54329)).start()
             servers.append(pg)
             env["JOBLOG_DATABASE_URL"] = with_database(pg.dsn, "joblog")
-        port = args.port or int(env.get("JOBLOG_WEB_PORT", "8080"))
+        check()
         env["JOBLOG_WEB_PORT"] = str(port)
         env["JOBLOG_WEB_HOST"] = "127.0.0.1"
         env.setdefault("JOBLOG_WORKER_ID", "dev-worker")
         os.environ.update({k: env[k] for k in ("JOBLOG_NATS_URL", "JOBLOG_DATABASE_URL")})
         asyncio.run(_prepare(env["JOBLOG_DATABASE_URL"]))
+        check()
         for name in SERVICES:
             children.append(start_service(name, env))
         web_url = f"http://127.0.0.1:{port}"
-        if not _wait_http(f"{web_url}/healthz", children):
+        if not _wait_http(f"{web_url}/healthz", children, stop):
             print("joblog dev: a service failed to start; see the messages above", file=sys.stderr)
             return 1
+        stack_file = write_stack_file(data, env)
         if not args.no_sync:
             from services.sync_worker.main import send_trigger
             from services.sync_worker.settings import WorkerSettings
@@ -115,16 +162,20 @@ def main(args: argparse.Namespace) -> int:
             f"  Web        {web_url}\n"
             f"  NATS       {env['JOBLOG_NATS_URL']}\n"
             f"  Postgres   {env['JOBLOG_DATABASE_URL']}\n\n"
+            f"  In another terminal of this checkout, the CLI finds this stack:\n"
+            f"    .venv/bin/joblog trigger sync_open_orders --wait\n"
+            f"    .venv/bin/joblog tail\n\n"
             f"  Ctrl-C stops everything.\n",
             flush=True,
         )
-        stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         while not stop.is_set() and all(p.poll() is None for p in children):
             stop.wait(0.5)
         return 0
+    except Interrupted:
+        return 130
     finally:
+        if stack_file is not None:
+            stack_file.unlink(missing_ok=True)
         print("joblog dev: stopping…", file=sys.stderr, flush=True)
         for child in children:
             if child.poll() is None:

@@ -4,6 +4,8 @@ Read from JOBLOG_* environment variables by pydantic-settings, never at import t
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -108,10 +110,35 @@ def describe_error(error: ValidationError) -> str:
     return f"invalid setting {ENV_PREFIX}{field.upper()}: {first['msg']}{shown}"
 
 
-def load_settings(cls: type[S]) -> S:
-    """Build settings from the environment, or stop the process with one clear line."""
+# Where a running `joblog dev` says its servers are (joblog/dev.py writes it, relative to the checkout).
+DEV_STACK_FILE = Path(".joblog") / "stack.env"
+
+
+def dev_stack_file(directory: Path | None = None) -> Path | None:
+    """The stack file of a `joblog dev` running in this checkout; None if none runs (a stale file is ignored)."""
+    path = (directory or Path.cwd()) / DEV_STACK_FILE
     try:
-        return cls()
+        text = path.read_text()
+    except OSError:
+        return None
+    found = re.search(r"^JOBLOG_DEV_PID=(\d+)$", text, re.MULTILINE)
+    if found is None:
+        return None
+    try:
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return path
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build settings from the environment, or stop the process with one clear line.
+
+    In a checkout where `joblog dev` runs, its servers are the defaults: JOBLOG_* variables win."""
+    try:
+        return cls(_env_file=dev_stack_file())  # type: ignore[call-arg]
     except ValidationError as error:
         print(f"joblog: {describe_error(error)}", file=sys.stderr)
         raise SystemExit(2) from None
