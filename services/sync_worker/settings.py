@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from services.contracts.schedules import parse_schedule
-from services.contracts.settings import CommonSettings
+from services.contracts.settings import CommonSettings, readable
 
 SAMPLE_CSV = Path(__file__).parent / "data" / "sample_open_orders.csv"
 
@@ -70,13 +70,7 @@ class WorkerSettings(CommonSettings):
     @field_validator("orders_csv_path")
     @classmethod
     def _readable_csv(cls, value: Path, info: ValidationInfo) -> Path:
-        if info.data.get("orders_source", "csv") == "csv":
-            try:
-                with value.open("rb"):
-                    pass
-            except OSError as error:
-                raise ValueError(f"cannot read {value}: {error.strerror}") from None
-        return value
+        return readable(value) if info.data.get("orders_source", "csv") == "csv" else value
 
     @field_validator("schedules")
     @classmethod

@@ -13,11 +13,9 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -27,12 +25,10 @@ from typing import Any
 
 import asyncpg
 import nats
-import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from joblog.migrate import ensure_database, migrate, with_database
 from joblog.servers import EmbeddedPostgres, NatsServer
 from services.contracts import RunCreated, RunsDeleted, StepLogged, Subjects, TriggerRequested
 from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
@@ -75,24 +71,13 @@ class Process:
 
 
 @pytest_asyncio.fixture
-async def own_servers(tmp_path: Path) -> AsyncIterator[tuple[NatsServer, EmbeddedPostgres, str]]:
+async def own_servers(tmp_path: Path, own_postgres: tuple[EmbeddedPostgres, str]) -> AsyncIterator[tuple[NatsServer, EmbeddedPostgres, str]]:
     """A NATS and a Postgres of this test's own, which it may stop and start."""
-    base = Path(tempfile.mkdtemp(prefix="joblog-soak-"))
-    base.chmod(0o755)  # Postgres runs as its own user when we are root
     nats_server = NatsServer(tmp_path / "nats").start()
-    pg = await asyncio.to_thread(EmbeddedPostgres(base / "data").start)
     try:
-        dsn = with_database(pg.dsn, "joblog")
-        await (await connect_when_up(pg.dsn)).close()
-        await ensure_database(dsn)
-        conn = await asyncpg.connect(dsn)
-        await migrate(conn)
-        await conn.close()
-        yield nats_server, pg, dsn
+        yield nats_server, *own_postgres
     finally:
         nats_server.stop()
-        await asyncio.to_thread(pg.stop)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest_asyncio.fixture

@@ -4,15 +4,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import shutil
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import asyncpg
 
-from joblog.migrate import ensure_database, migrate, with_database
-from joblog.servers import EmbeddedPostgres
 from services.log_recorder.main import run as run_recorder
 from services.log_recorder.rebuild import rebuild
 from services.log_recorder.settings import RecorderSettings
@@ -94,47 +89,34 @@ async def test_events_postgres_refuses_are_dead_lettered_and_the_runs_around_the
     assert report.runs == 1 and await snapshot(db) == kept
 
 
-async def test_a_database_outage_is_waited_out_nothing_lost_nothing_doubled(services, js, subjects, nats_url):
+async def test_a_database_outage_is_waited_out_nothing_lost_nothing_doubled(services, js, subjects, nats_url, own_postgres):
     """Fault 3: Postgres stops while events flow and comes back on the same port and data."""
-    # Postgres runs as its own user when we are root: its folder must be reachable by it.
-    base = Path(tempfile.mkdtemp(prefix="joblog-pg-"))
-    base.chmod(0o755)
-    pg = await asyncio.to_thread(EmbeddedPostgres(base / "data").start)
+    pg, dsn = own_postgres
+    settings = RecorderSettings(
+        nats_url=nats_url, database_url=dsn, stream=subjects.stream, subject_prefix=subjects.prefix,
+        recorder_batch_size=40,
+    )
+    runs = [run_events(name=f"2026112910{i // 60:02d}{i % 60:02d}", start=T0, steps=4, updates=3) for i in range(60)]
+    events = [e for run in runs for e in run]
+    half = len(events) // 2
+    recorder = await services(run_recorder, settings)
+
+    await publish_many(js, subjects, as_payloads(subjects, events[:half]))
+    conn = await asyncpg.connect(dsn)
+    await eventually(lambda: conn.fetchval("SELECT count(*) > 0 FROM job_logs"))
+    await conn.close()
+    await asyncio.to_thread(pg.stop)
+    await publish_many(js, subjects, as_payloads(subjects, events[half:]))
+    await asyncio.sleep(1.5)  # the recorder meets the outage: it must retry, not ack, not dead-letter
+    await asyncio.to_thread(pg.start)
+
+    await eventually(lambda: drained(js, subjects.stream), timeout=60)
+    await recorder.stop()
+    conn = await connect_when_up(dsn)
     try:
-        dsn = with_database(pg.dsn, "joblog")
-        await (await connect_when_up(pg.dsn)).close()
-        await ensure_database(dsn)
-        conn = await asyncpg.connect(dsn)
-        await migrate(conn)
-        await conn.close()
-        settings = RecorderSettings(
-            nats_url=nats_url, database_url=dsn, stream=subjects.stream, subject_prefix=subjects.prefix,
-            recorder_batch_size=40,
-        )
-        runs = [run_events(name=f"2026112910{i // 60:02d}{i % 60:02d}", start=T0, steps=4, updates=3) for i in range(60)]
-        events = [e for run in runs for e in run]
-        half = len(events) // 2
-        recorder = await services(run_recorder, settings)
-
-        await publish_many(js, subjects, as_payloads(subjects, events[:half]))
-        conn = await asyncpg.connect(dsn)
-        await eventually(lambda: conn.fetchval("SELECT count(*) > 0 FROM job_logs"))
-        await conn.close()
-        await asyncio.to_thread(pg.stop)
-        await publish_many(js, subjects, as_payloads(subjects, events[half:]))
-        await asyncio.sleep(1.5)  # the recorder meets the outage: it must retry, not ack, not dead-letter
-        await asyncio.to_thread(pg.start)
-
-        await eventually(lambda: drained(js, subjects.stream), timeout=60)
-        await recorder.stop()
-        conn = await connect_when_up(dsn)
-        try:
-            assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 0
-            recorded = await snapshot(conn)
-            assert recorded == await in_order_tables(conn, events)
-            assert len(recorded["job_logs"]) == 60 and {r["status"] for r in recorded["job_logs"]} == {"success"}
-        finally:
-            await conn.close()
+        assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 0
+        recorded = await snapshot(conn)
+        assert recorded == await in_order_tables(conn, events)
+        assert len(recorded["job_logs"]) == 60 and {r["status"] for r in recorded["job_logs"]} == {"success"}
     finally:
-        await asyncio.to_thread(pg.stop)
-        shutil.rmtree(base, ignore_errors=True)
+        await conn.close()
