@@ -139,6 +139,8 @@ class Recorder:
         self.js = nc.jetstream(timeout=5)
         self.applied = 0
         self.dead_lettered = 0
+        self.sub: Any = None
+        self._checked_at = 0.0
 
     async def subscribe(self) -> Any:
         await ensure_consumer(self.js, self.settings)
@@ -146,15 +148,15 @@ class Recorder:
 
     async def consume(self, stopping: asyncio.Event, sub: Any = None) -> None:
         """Fetch and apply batches until stopping; the next batch is fetched and reduced while this one commits."""
-        sub = sub or await self.subscribe()
+        self.sub = sub or await self.subscribe()
         prefetched: asyncio.Task[tuple[list[Msg], Reduced]] | None = None
         while not stopping.is_set():
-            fetching = prefetched or asyncio.create_task(self.prepare(sub))
+            fetching = prefetched or asyncio.create_task(self.prepare())
             prefetched = None
             messages, reduced = await fetching
             if not messages:
                 continue
-            prefetched = asyncio.create_task(self.prepare(sub))
+            prefetched = asyncio.create_task(self.prepare())
             try:
                 await self.apply(messages, stopping, reduced)
             except Exception:
@@ -169,8 +171,8 @@ class Recorder:
                 with contextlib.suppress(Exception):
                     await message.nak()
 
-    async def prepare(self, sub: Any) -> tuple[list[Msg], Reduced]:
-        messages = await self.fetch(sub)
+    async def prepare(self) -> tuple[list[Msg], Reduced]:
+        messages = await self.fetch(self.sub)
         return messages, reduce(messages, self.settings)
 
     async def fetch(self, sub: Any) -> list[Msg]:
@@ -181,15 +183,36 @@ class Recorder:
         try:
             messages: list[Msg] = await sub.fetch(1, timeout=1)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            await self.recreate_if_gone()
             return []
         except Exception as error:
             log.warning("fetching events failed", error=repr(error))
             await asyncio.sleep(0.5)
+            await self.recreate_if_gone()
             return []
         if self.settings.recorder_batch_size > 1:
             with contextlib.suppress(Exception):
                 messages += await sub.fetch(self.settings.recorder_batch_size - 1, timeout=0.01)
         return messages
+
+    async def recreate_if_gone(self, every: float = 5.0) -> None:
+        """Now and then while idle: if the stream or the consumer was deleted (a new NATS volume, an
+        operator), create them again and read on, instead of waiting forever on a consumer that is gone."""
+        now = asyncio.get_running_loop().time()
+        if now - self._checked_at < every:
+            return
+        self._checked_at = now
+        try:
+            await self.js.consumer_info(self.settings.stream, self.settings.recorder_consumer)
+            return
+        except nats.js.errors.NotFoundError:
+            log.warning("the recorder's consumer is gone (stream recreated?); creating it again",
+                        stream=self.settings.stream, consumer=self.settings.recorder_consumer)
+        except Exception:
+            return  # NATS away: the next check looks again
+        with contextlib.suppress(Exception):
+            await ensure_streams(self.js, self.settings.subjects, self.settings.stream_replicas)
+            self.sub = await self.subscribe()
 
     async def apply(self, messages: list[Msg], stopping: asyncio.Event, reduced: Reduced | None = None) -> None:
         """Apply one batch, retrying while Postgres is away; ack only after commit.

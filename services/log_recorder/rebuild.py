@@ -166,6 +166,15 @@ class Replay:
             self.sub = None
 
 
+# Runs in the live projection that the replay did not produce and no deletion removed.
+UNSEEN_RUNS = f"""
+SELECT l.name FROM {db.LIVE.runs} l
+WHERE NOT EXISTS (SELECT 1 FROM {db.REBUILD.runs} r WHERE r.id = l.id)
+  AND NOT EXISTS (SELECT 1 FROM deleted_runs t WHERE t.name = l.name)
+ORDER BY l.name LIMIT 3
+"""
+
+
 async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, renames: list[tuple[str, str]]) -> int:
     """Catch up under a writers' lock and put the fresh tables in place; returns the last sequence."""
     async with conn.transaction():
@@ -173,6 +182,14 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
         await conn.execute(f"LOCK TABLE {db.LIVE.runs}, {db.LIVE.details} IN EXCLUSIVE MODE")
         last_seq = (await js.stream_info(stream)).state.last_seq
         await replay.until(last_seq, conn)
+        # Never delete a run the stream no longer shows (lost messages, another stream): refuse instead.
+        missing = await conn.fetch(UNSEEN_RUNS)
+        if missing:
+            count = await conn.fetchval(f"SELECT count(*) FROM ({UNSEEN_RUNS.replace('LIMIT 3', '')}) m")
+            raise RebuildFailed(
+                f"{count} runs of the projection are not in the stream {stream} (e.g. {', '.join(r['name'] for r in missing)}) "
+                "and were never deleted: a rebuild would lose them; the projection is left as it is"
+            )
         sequence = await conn.fetchval("SELECT pg_get_serial_sequence($1, 'id')", db.LIVE.details)
         if sequence:
             await conn.execute(f"ALTER SEQUENCE {sequence} OWNED BY {db.REBUILD.details}.id")

@@ -152,3 +152,33 @@ async def test_a_rebuild_refuses_when_the_stream_no_longer_starts_at_its_first_m
     else:
         raise AssertionError("the rebuild ran over a stream that lost its first messages")
     assert await snapshot(db) == before
+
+
+async def test_a_rebuild_from_a_stream_that_lacks_runs_of_the_projection_refuses_and_keeps_them(
+    services, js, subjects, recorder_settings, db
+):
+    """E.g. a NATS cluster switched to a fresh volume: the stream starts at 1 again but holds fewer runs."""
+    from services.log_recorder.errors import RebuildFailed
+
+    await services(run_recorder, recorder_settings)
+    await publish(js, subjects, run_events(name="20261201160000") + run_events(name="20261201160001"))
+    await eventually(lambda: drained(js, subjects.stream))
+    before = await snapshot(db)
+    await js.purge_stream(subjects.stream)  # every message gone ...
+    await publish(js, subjects, run_events(name="20261201160002"))  # ... and one new run
+    await eventually(lambda: drained(js, subjects.stream))
+    await js.delete_stream(subjects.stream)  # the stream starts from 1 again (a new volume)
+    from services.contracts.subjects import ensure_streams
+
+    await ensure_streams(js, subjects)
+    await publish(js, subjects, run_events(name="20261201160003"))
+    # The recorder notices its consumer is gone, creates it again and reads the new stream.
+    await eventually(lambda: db.fetchval("SELECT count(*) = 4 FROM job_logs"))
+    try:
+        await rebuild(recorder_settings, progress=False)
+    except RebuildFailed as error:
+        assert "runs of the projection are not in the stream" in str(error) and "20261201160000" in str(error)
+    else:
+        raise AssertionError("the rebuild deleted runs it could not see")
+    assert await db.fetchval("SELECT count(*) FROM job_logs") == 4
+    assert {r["name"] for r in before["job_logs"]} <= {r["name"] for r in await db.fetch("SELECT name FROM job_logs")}
