@@ -52,6 +52,9 @@ class Worker:
         self.incarnation = uuid.uuid4()
         # The runs this process created, by name (the outbox knows subjects, not run ids).
         self.created: dict[str, uuid.UUID] = {}
+        # Runs whose terminal event could not be written (a shutdown during a Postgres outage): with
+        # these, the stop is not announced, so the recorder closes them as lost rather than never.
+        self.abandoned: set[uuid.UUID] = set()
         # A worker takes a trigger only when it has room; the rest wait in the queue for others.
         self.capacity = asyncio.Semaphore(settings.worker_max_runs)
 
@@ -105,6 +108,8 @@ class Worker:
                     await fail_run(ctx, error, before_job=True)
         finally:
             self.running.pop(str(ctx.run_id), None)
+            if not ctx.finished or ctx.unwritten:
+                self.abandoned.add(ctx.run_id)
 
     async def consume_triggers(self, stopping: asyncio.Event) -> None:
         """One run per trigger message, shared by every worker through one durable consumer."""
@@ -186,6 +191,10 @@ class Worker:
 
     async def announce_stop(self) -> None:
         """The last word of a clean stop: this process is stopped, not lost, so no verdict follows."""
+        if self.abandoned:
+            log.warning("runs were left without their result; not announcing a clean stop, so the recorder "
+                        "closes them as lost", runs=len(self.abandoned))
+            return
         async with self.pool.acquire() as conn:
             waiting = await outbox_runs(conn, self.settings.subjects)
         stopped = WorkerStopped(

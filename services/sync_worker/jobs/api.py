@@ -128,6 +128,11 @@ class RunContext:
     # Set once the run's terminal event (succeeded or failed) is emitted: every run gets exactly one.
     finished: bool = False
 
+    @property
+    def unwritten(self) -> bool:
+        """Events are still only in memory (not yet in the outbox)."""
+        return bool(self._buffer)
+
     def next_seq(self) -> int:
         self.seq += 1
         return self.seq
