@@ -91,7 +91,10 @@ async def test_trigger_wait_follows_the_run_to_its_end_and_exits_with_its_result
     assert " sync_open_orders " in last and " succeeded in " in last and "fetched=320" in last
 
     await worker.stop()
-    await services(run_worker, make_worker_settings(orders_csv_path=tmp_path / "missing.csv"))
+    vanishing = tmp_path / "missing.csv"
+    vanishing.write_text("")
+    await services(run_worker, make_worker_settings(orders_csv_path=vanishing))
+    vanishing.unlink()  # gone after the worker started: the run itself must fail
     code, last = await trigger_and_wait(env)
     assert code == 1
     assert " failed at step connect: SourceError: " in last and "missing.csv" in last

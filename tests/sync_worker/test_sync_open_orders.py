@@ -79,9 +79,12 @@ async def _count_is(db, sql: str, expected: int) -> bool:  # type: ignore[no-unt
 
 
 async def test_a_failing_source_ends_the_run_in_error_with_the_reason_in_a_detail(services, make_worker_settings, recorder_settings, db, tmp_path: Path):
-    settings = make_worker_settings(orders_csv_path=tmp_path / "missing.csv")
+    vanishing = tmp_path / "missing.csv"
+    vanishing.write_text("")
+    settings = make_worker_settings(orders_csv_path=vanishing)
     await services(run_recorder, recorder_settings)
     await services(run_worker, settings)
+    vanishing.unlink()  # removed under a running worker (a missing file at start is refused: test_sources)
 
     await send_trigger(settings, "sync_open_orders")
     run = await finished_run(db)
