@@ -135,13 +135,13 @@ def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
 
 def serve(settings: WebSettings) -> None:
     """Serve until SIGTERM/SIGINT; without a password only on the loopback address."""
+    context = tls_context(settings)  # a certificate it cannot use stops the web before anything else is said
     if not settings.auth_enabled:
         if settings.web_host not in LOOPBACK:
             log.error("refusing to serve without a password on a public address", host=settings.web_host,
                       fix="set JOBLOG_ADMIN_PASSWORD(_HASH) or JOBLOG_WEB_USERS_FILE, or JOBLOG_WEB_HOST=127.0.0.1")
             raise SystemExit(2)
         log.warning("web is open: no password or users file set, listening on the loopback address only")
-    context = tls_context(settings)
     scheme = "https" if context else "http"
     log.info("web listening", url=f"{scheme}://{settings.web_host}:{settings.web_port}")
     web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, ssl_context=context,
