@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import time
@@ -115,15 +116,26 @@ class TooManyAttempts(Exception):
         self.retry_after = retry_after
 
 
+class TooBusy(Exception):
+    """So many sign-ins are waiting for a check already that a new one is refused at once (503)."""
+
+
+def password_threads() -> int:
+    """Threads for password checks: leave a core to the event loop."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 class Authenticator:
     """Checks HTTP Basic credentials off the event loop, with a cache of good ones and a per-address limit."""
 
     def __init__(
         self, accounts: dict[str, Account], *, failures_allowed: int = 10, window: float = 60.0,
-        remember: float = 120.0, threads: int = 2,
+        remember: float = 120.0, threads: int | None = None, most_waiting: int = 64,
     ) -> None:
+        threads = threads or password_threads()
         self.accounts = accounts
         self.failures_allowed, self.window, self.remember = failures_allowed, window, remember
+        self.most_waiting = most_waiting  # bounds memory and a new sign-in's wait under a flood from many addresses
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="joblog-password")
         self._slots = asyncio.Semaphore(threads)
         self._key = secrets.token_bytes(32)  # headers are remembered by HMAC under a key only this process knows
@@ -137,7 +149,7 @@ class Authenticator:
         self.checked = 0  # slow checks done
 
     async def authenticate(self, header: str, address: str) -> Account | None:
-        """The account these credentials sign in, or None; raises TooManyAttempts without checking anything."""
+        """The account these credentials sign in, or None; raises TooManyAttempts or TooBusy without checking anything."""
         key = hmac.new(self._key, header.encode(errors="replace"), hashlib.sha256).digest()
         now = time.monotonic()
         remembered = self._accepted.get(key)
@@ -183,6 +195,8 @@ class Authenticator:
         if account is not None and account.password is not None:
             return account if hmac.compare_digest(password.encode(), account.password.encode()) else None
         stored = account.password_hash if account is not None and account.password_hash else self._decoy
+        if self.waiting >= self.most_waiting:
+            raise TooBusy()
         self._in_flight[address] = self._in_flight.get(address, 0) + 1
         self.waiting += 1
         try:

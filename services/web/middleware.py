@@ -8,7 +8,7 @@ import aiohttp_jinja2
 import structlog
 from aiohttp import web
 
-from services.web.accounts import ACCOUNT, ANONYMOUS, Account, Authenticator, TooManyAttempts
+from services.web.accounts import ACCOUNT, ANONYMOUS, Account, Authenticator, TooBusy, TooManyAttempts
 from services.web.errors import BadRequest, NotFound
 
 log = structlog.get_logger("joblog.web")
@@ -86,6 +86,10 @@ def authentication(auth: Authenticator | None) -> Callable[..., Awaitable[web.St
                 raise web.HTTPTooManyRequests(
                     headers={"Retry-After": str(refused.retry_after)},
                     text=f"Too many failed sign-ins from your address; try again in {refused.retry_after} s.",
+                ) from None
+            except TooBusy:
+                raise web.HTTPServiceUnavailable(
+                    headers={"Retry-After": "1"}, text="Too many sign-ins are being checked right now; try again in a moment.",
                 ) from None
         if account is None:
             raise web.HTTPUnauthorized(

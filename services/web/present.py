@@ -121,7 +121,7 @@ def install_filters(env: jinja2.Environment, settings: WebSettings) -> None:
 # with the values it needs (checked by params.notice); an unknown key shows nothing.
 NOTICES = {
     "triggered": ("Triggered {job}. The new run appears in the job logs in a moment.", ("job",)),
-    "retried": ("Retry of run {run} queued: a new run of {job} appears in the job logs in a moment.", ("job", "run")),
+    "retried": ("Triggered {job} again (retry of run {run}). The new run appears in the job logs in a moment.", ("job", "run")),
     "run_deleted": ("Run {run} is being deleted.", ("run",)),
     "runs_deleted": ("Runs created before {before} are being deleted.", ("before",)),
 }

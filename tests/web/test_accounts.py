@@ -170,3 +170,14 @@ async def test_notices_come_from_a_fixed_set_and_unknown_or_free_text_shows_noth
                   {"notice": "run_deleted", "run": "20261129083000\n<b>"}, {"notice": "runs_deleted"}):
         html = await (await client.get("/monitor", params=query)).text()
         assert 'class="notice"' not in html and "555-0100" not in html and "evil" not in html, query
+
+
+async def test_when_the_check_queue_is_full_a_new_sign_in_is_refused_at_once_with_503(make_client, tmp_path):
+    client = await make_client(web_users_file=users_file(tmp_path, iterations=200_000), web_login_failures=1_000_000)
+    auth = client.app[AUTHENTICATOR]
+    auth.most_waiting = 5
+    guesses = await asyncio.gather(*(client.get("/", headers=basic("vera", f"guess {i}")) for i in range(20)))
+    statuses = [r.status for r in guesses]
+    assert 503 in statuses and set(statuses) <= {401, 503}
+    assert auth.checked == statuses.count(401)
+    assert all(r.headers.get("Retry-After") == "1" for r in guesses if r.status == 503)
