@@ -164,3 +164,14 @@ RUNS_BY_STATUS = "SELECT status, count(*) AS runs FROM job_logs GROUP BY status"
 
 async def runs_by_status(conn: asyncpg.Connection) -> dict[str, int]:
     return {row["status"]: row["runs"] for row in await conn.fetch(RUNS_BY_STATUS)}
+
+
+RECENT_ACTIONS = """
+SELECT event_id, occurred_at, actor, action, job, target, detail, source FROM actions
+ORDER BY occurred_at DESC, event_id DESC LIMIT $1
+"""
+
+
+async def recent_actions(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """The audit trail, newest first (the recorder writes it from action.* events)."""
+    return await conn.fetch(RECENT_ACTIONS, limit)
