@@ -95,19 +95,3 @@ async def test_trigger_wait_follows_the_run_to_its_end_and_exits_with_its_result
     code, last = await trigger_and_wait(env)
     assert code == 1
     assert " failed at step connect: SourceError: " in last and "missing.csv" in last
-
-
-async def test_health_fails_when_a_consumer_is_ahead_of_its_stream(js, env, subjects):
-    """What a stream recreated (or restored) under its consumers looks like: they would skip
-    every new message up to their old position while everything else looks healthy."""
-    from nats.js.api import ConsumerConfig, DeliverPolicy
-
-    await js.publish(f"{subjects.prefix}.run.sync_open_orders.20260101000000.created", b"{}")
-    await js.add_consumer(subjects.stream, ConsumerConfig(durable_name="up_to_date"))
-    assert joblog("health", env=env).returncode == 0
-    # A durable consumer positioned at #10 of a stream that ends at #1.
-    await js.add_consumer(subjects.stream, ConsumerConfig(durable_name="from_before", opt_start_seq=11,
-                                                          deliver_policy=DeliverPolicy.BY_START_SEQUENCE))
-    sick = joblog("health", env=env)
-    assert sick.returncode == 1, sick.stdout
-    assert f"consumer from_before of stream {subjects.stream} is at #10 but the stream ends at #1" in sick.stdout
