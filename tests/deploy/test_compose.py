@@ -65,18 +65,58 @@ def test_every_service_command_and_healthcheck_is_a_real_joblog_subcommand(files
             assert test[2] in known, f"{name}'s healthcheck runs an unknown subcommand {test[2]}"
 
 
-def test_the_image_is_one_slim_non_root_image_with_joblog_as_entrypoint():
+def test_the_image_is_one_slim_non_root_image_built_once_from_the_lock():
     dockerfile = (compose.DEPLOY / "Dockerfile").read_text(encoding="utf-8")
-    base = re.search(r"^FROM python:(\d+)\.(\d+)-slim", dockerfile, flags=re.M)
-    assert base and (int(base[1]), int(base[2])) >= (3, 11)
+    base = re.search(r"^ARG PYTHON_IMAGE=python:(\d+)\.(\d+)-slim$", dockerfile, flags=re.M)
+    assert base and (int(base[1]), int(base[2])) >= (3, 11), "the official slim image is the default base"
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", dockerfile, flags=re.M)
     assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.M)
-    assert re.search(r"^RUN pip install \.( |$)", dockerfile, flags=re.M), "installs without the [local] extras"
+    assert "--require-hashes" in dockerfile and "requirements/service.txt" in dockerfile, "installs from the lock"
+    assert re.search(r"^RUN pip install --no-deps --no-build-isolation \.( |$)", dockerfile, flags=re.M), \
+        "installs joblog itself without the [local] extras and without resolving anything"
+    assert "useradd --system" not in dockerfile, "a system uid of 10001 makes useradd warn"
     assert 'ENTRYPOINT ["joblog"]' in dockerfile
     services = config()["services"]
     images = {services[name]["image"] for name in APP_SERVICES}
     assert len(images) == 1, "one image for all services"
-    for name in APP_SERVICES:
-        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+    builders = [name for name in APP_SERVICES if "build" in services[name]]
+    assert builders == ["migrate"], "built once: four builds of one tag race and recreate every service"
+    assert services["migrate"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert all(services[name]["pull_policy"] == "never" for name in APP_SERVICES if name not in builders)
+
+
+def test_base_images_are_variables_defaulting_to_the_official_ones():
+    services = config(compose.COMPOSE, compose.CLUSTER)["services"]
+    assert services["postgres"]["image"] == "postgres:17-alpine"
+    assert {services[name]["image"] for name in ("nats", "nats-2", "nats-3")} == {"nats:2.10-alpine"}
+    assert services["migrate"]["build"]["args"]["PYTHON_IMAGE"] == "python:3.12-slim"
+    local = {"PYTHON_IMAGE": "local/python:3", "NATS_IMAGE": "local/nats:2.10", "POSTGRES_IMAGE": "local/postgres:17"}
+    services = compose.config({**dotenv(), **local}, compose.COMPOSE, compose.CLUSTER)["services"]
+    assert services["postgres"]["image"] == "local/postgres:17"
+    assert {services[name]["image"] for name in ("nats", "nats-2", "nats-3")} == {"local/nats:2.10"}
+    assert services["migrate"]["build"]["args"]["PYTHON_IMAGE"] == "local/python:3"
+
+
+@pytest.mark.parametrize("files", [(compose.COMPOSE,), (compose.COMPOSE, compose.CLUSTER)], ids=["single", "cluster"])
+def test_each_secret_reaches_only_the_containers_that_need_it(files):
+    cfg = config(*files)
+    for name, service in cfg["services"].items():
+        assert "env_file" not in service, f"{name}: env_file would hand every variable of .env to it"
+        given = compose.service_environment(cfg, name, dotenv())
+        values = " ".join(str(value) for value in given.values())
+        assert (SECRETS["JOBLOG_ADMIN_PASSWORD"] in values) == (name == "web"), name
+        uses_database = name in APP_SERVICES or name == "postgres"
+        assert (SECRETS["POSTGRES_PASSWORD"] in values) == uses_database, name
+
+
+def test_the_web_takes_the_hash_instead_of_the_password():
+    example = compose.read_dotenv(compose.ENV_EXAMPLE)
+    hashed = "pbkdf2_sha256$1000$salt$aGFzaA=="
+    only_hash = {**example, "POSTGRES_PASSWORD": "pg", "JOBLOG_ADMIN_PASSWORD_HASH": hashed}
+    only_hash.pop("JOBLOG_ADMIN_PASSWORD", None)
+    cfg = compose.config(only_hash)
+    env = compose.service_environment(cfg, "web", only_hash)
+    assert env["JOBLOG_ADMIN_PASSWORD_HASH"] == hashed and "JOBLOG_ADMIN_PASSWORD" not in env
 
 
 @pytest.mark.parametrize("files", [(compose.COMPOSE,), (compose.COMPOSE, compose.CLUSTER)], ids=["single", "cluster"])
@@ -110,12 +150,12 @@ def test_env_example_lists_every_setting_and_every_variable_compose_needs():
     assert needed <= documented, f"compose interpolates undocumented {sorted(needed - documented)}"
 
 
-def test_the_deployment_refuses_to_start_without_its_passwords():
+def test_the_deployment_refuses_to_start_without_the_postgres_password():
     example = compose.read_dotenv(compose.ENV_EXAMPLE)
-    for required in SECRETS:
-        with pytest.raises(compose.MissingVariable, match=required):
-            compose.config({**example, **SECRETS, required: ""})
-    assert config()["services"]["web"]["environment"]["JOBLOG_ADMIN_PASSWORD"] == SECRETS["JOBLOG_ADMIN_PASSWORD"]
+    with pytest.raises(compose.MissingVariable, match="POSTGRES_PASSWORD"):
+        compose.config({**example, **SECRETS, "POSTGRES_PASSWORD": ""})
+    web = compose.service_environment(config(), "web", dotenv())
+    assert web["JOBLOG_ADMIN_PASSWORD"] == SECRETS["JOBLOG_ADMIN_PASSWORD"]
 
 
 def test_web_port_and_healthcheck_are_what_the_web_serves():
@@ -146,6 +186,8 @@ def test_nats_and_postgres_healthchecks_probe_what_they_serve():
     assert dsn.username == postgres["environment"]["POSTGRES_USER"] and dsn.password == SECRETS["POSTGRES_PASSWORD"]
     probe = postgres["healthcheck"]["test"]
     assert probe[1] == "pg_isready" and dsn.username in probe and postgres["environment"]["POSTGRES_DB"] in probe
+    # Over TCP: the socket answers during the image's first-start init, before the real server runs.
+    assert probe[probe.index("-h") + 1] == "127.0.0.1"
     assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
     assert urlsplit(cfg["services"]["web"]["environment"]["JOBLOG_NATS_URL"]).hostname == "nats"
 
@@ -155,7 +197,7 @@ def test_services_start_in_a_sane_order_and_restart_sensibly(files):
     services = config(*files)["services"]
     migrate = services["migrate"]
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    assert migrate["restart"] == "no"
+    assert migrate["restart"].startswith("on-failure")
     for name in LONG_RUNNING:
         depends = services[name]["depends_on"]
         assert depends["migrate"] == {"condition": "service_completed_successfully"}
