@@ -17,9 +17,10 @@ import nats.errors
 import nats.js.errors
 
 from services.contracts import TriggerRequested
+from services.contracts.nats import connect as nats_connect
 from services.contracts.events import TriggerKind
 from services.contracts.settings import CommonSettings
-from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
+from services.contracts.subjects import StreamsUnavailable, close_nats, ensure_streams, publish_trigger
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ def retryable(error: BaseException) -> bool:
         # 503: no leader / JetStream temporarily unavailable; 408/504: timeouts inside the cluster.
         # 10008 "JetStream system temporarily unavailable", 10074/10075 no quorum.
         return (error.code or 0) in (408, 503, 504) or (error.err_code or 0) in (10008, 10074, 10075)
-    return isinstance(error, (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+    return isinstance(error, (StreamsUnavailable, nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
                               nats.errors.NoServersError, nats.errors.StaleConnectionError, asyncio.TimeoutError,
                               nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError, OSError))
 
@@ -72,11 +73,7 @@ async def connect(settings: CommonSettings, name: str) -> Any:
 
     async def attempt() -> Any:
         # A refused first connect would otherwise be retried forever by nats-py: bound each try.
-        return await asyncio.wait_for(
-            nats.connect(servers=settings.nats_servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                         connect_timeout=5, error_cb=quiet),
-            15,
-        )
+        return await asyncio.wait_for(nats_connect(settings, name, error_cb=quiet), 15)
 
     return await retrying(f"reach NATS at {settings.nats_url}", attempt)
 

@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestServer
 
 from joblog.logs import configure
 from services.log_recorder.main import run as run_recorder
-from services.sync_worker.main import run as run_worker, send_trigger
+from joblog.trigger import send_trigger
+from services.sync_worker.main import run as run_worker
 from tests.sync_worker.conftest import finished_runs
 
 PASSWORD, API_KEY = "s3cret-pw-7141", "K3y-0f-th3-API-2209"
