@@ -9,6 +9,7 @@ import argparse
 import os
 import re
 from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +29,9 @@ SETTINGS_OF_COMMAND: dict[str, type[CommonSettings]] = {
 APP_SERVICES = ("migrate", "sync_worker", "log_recorder", "web")
 LONG_RUNNING = ("sync_worker", "log_recorder", "web")
 # What a user writes into deploy/.env (the two required values), over .env.example.
-SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "JOBLOG_ADMIN_PASSWORD": "admin-secret"}
+NATS_ROLES = {"ADMIN": "migrate", "WORKER": "sync_worker", "RECORDER": "log_recorder", "WEB": "web", "CONSUMER": None}
+NATS_SECRETS = {f"NATS_{role}_PASSWORD": f"n{role.lower()}pw{len(role)}" for role in NATS_ROLES}
+SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "JOBLOG_ADMIN_PASSWORD": "admin-secret", **NATS_SECRETS}
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -107,12 +110,16 @@ def test_each_secret_reaches_only_the_containers_that_need_it(files):
         assert (SECRETS["JOBLOG_ADMIN_PASSWORD"] in values) == (name == "web"), name
         uses_database = name in APP_SERVICES or name == "postgres"
         assert (SECRETS["POSTGRES_PASSWORD"] in values) == uses_database, name
+        # Each NATS password: the NATS nodes (they check it) and the one service of that role.
+        for role, service_of_role in NATS_ROLES.items():
+            expected = name.startswith("nats") or name == service_of_role
+            assert (NATS_SECRETS[f"NATS_{role}_PASSWORD"] in values) == expected, (name, role)
 
 
 def test_the_web_takes_the_hash_instead_of_the_password():
     example = compose.read_dotenv(compose.ENV_EXAMPLE)
     hashed = "pbkdf2_sha256$1000$salt$aGFzaA=="
-    only_hash = {**example, "POSTGRES_PASSWORD": "pg", "JOBLOG_ADMIN_PASSWORD_HASH": hashed}
+    only_hash = {**example, **NATS_SECRETS, "POSTGRES_PASSWORD": "pg", "JOBLOG_ADMIN_PASSWORD_HASH": hashed}
     only_hash.pop("JOBLOG_ADMIN_PASSWORD", None)
     cfg = compose.config(only_hash)
     env = compose.service_environment(cfg, "web", only_hash)
@@ -173,13 +180,24 @@ def test_web_port_and_healthcheck_are_what_the_web_serves():
     assert ("GET", "/readyz") in routes
 
 
+def nats_config_of(service: dict[str, Any]) -> str:
+    """The nats-server configuration a NATS service runs with: the file compose mounts at its -c path."""
+    command = command_of(service)
+    path = command[command.index("-c") + 1]
+    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in service["volumes"]]
+    source = next(m.split(":")[0] for m in mounts if m.split(":")[1] == path)
+    return (compose.DEPLOY / source).read_text() if not Path(source).is_absolute() else Path(source).read_text()
+
+
 def test_nats_and_postgres_healthchecks_probe_what_they_serve():
     cfg = config()
     nats, postgres = cfg["services"]["nats"], cfg["services"]["postgres"]
     command = command_of(nats)
-    assert "-js" in command and command[command.index("-sd") + 1] == "/data"
-    assert any(volume.endswith(":/data") for volume in nats["volumes"])
-    monitor = command[command.index("-m") + 1]
+    served = nats_config_of(nats)
+    assert "jetstream: enabled" in served and command[command.index("-sd") + 1] == "/data"
+    assert "authorization {" in served, "NATS runs with its users and permissions"
+    assert any(volume.endswith(":/data") for volume in (v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in nats["volumes"]))
+    monitor = re.search(r"^http_port: (\d+)$", served, re.MULTILINE).group(1)  # type: ignore[union-attr]
     assert f"127.0.0.1:{monitor}/healthz?js-enabled-only=true" in " ".join(nats["healthcheck"]["test"])
     dsn = urlsplit(cfg["services"]["sync_worker"]["environment"]["JOBLOG_DATABASE_URL"])
     assert dsn.hostname == "postgres" and dsn.path == f"/{postgres['environment']['POSTGRES_DB']}"
@@ -196,7 +214,8 @@ def test_nats_and_postgres_healthchecks_probe_what_they_serve():
 def test_services_start_in_a_sane_order_and_restart_sensibly(files):
     services = config(*files)["services"]
     migrate = services["migrate"]
-    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    # migrate creates the streams too (as the NATS admin): it waits for both servers.
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}, "nats": {"condition": "service_healthy"}}
     assert migrate["restart"].startswith("on-failure")
     for name in LONG_RUNNING:
         depends = services[name]["depends_on"]
@@ -238,12 +257,12 @@ def test_the_cluster_variant_runs_three_jetstream_nodes_and_replicates_the_strea
     assert {option(c, "--cluster_name") for c in nodes.values()} == {"joblog"}
     cluster_port = urlsplit(option(next(iter(nodes.values())), "--cluster")).port
     for name, command in nodes.items():
-        assert "-js" in command and option(command, "-sd") == "/data"
+        assert "jetstream: enabled" in nats_config_of(services[name]) and option(command, "-sd") == "/data"
         routes = {urlsplit(route).hostname for route in option(command, "--routes").split(",")}
         assert routes == set(nodes), f"{name} does not route to every node"
         assert {urlsplit(route).port for route in option(command, "--routes").split(",")} == {cluster_port}
-    volumes = [volume for name in nodes for volume in services[name]["volumes"]]
-    assert len({volume.split(":")[0] for volume in volumes}) == 3, "each node keeps its own store"
+    stores = [volume for name in nodes for volume in services[name]["volumes"] if volume.split(":")[1] == "/data"]
+    assert len({volume.split(":")[0] for volume in stores}) == 3, "each node keeps its own store"
     for name in LONG_RUNNING:
         env = services[name]["environment"]
         assert {urlsplit(url).hostname for url in env["JOBLOG_NATS_URL"].split(",")} == set(nodes)

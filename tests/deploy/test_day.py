@@ -139,6 +139,8 @@ def env_file_for(path: Path, **extra: str) -> Path:
     """deploy/.env.example filled in as the README says, plus this run's ports and base images."""
     text = compose_files.ENV_EXAMPLE.read_text(encoding="utf-8")
     text = text.replace("\nPOSTGRES_PASSWORD=\n", f"\nPOSTGRES_PASSWORD=pg{os.urandom(6).hex()}\n")
+    for role in ("ADMIN", "WORKER", "RECORDER", "WEB", "CONSUMER"):
+        text = text.replace(f"\nNATS_{role}_PASSWORD=\n", f"\nNATS_{role}_PASSWORD=n{os.urandom(8).hex()}\n")
     # The hash instead of the password (defect 5: compose demanded the plaintext).
     text = text.replace("\nJOBLOG_ADMIN_PASSWORD=\n", "\n")
     text += f"\nJOBLOG_ADMIN_PASSWORD_HASH='{hash_password(PASSWORD, iterations=1000)}'\n"
@@ -331,7 +333,8 @@ def test_the_readme_upgrade_keeps_the_scale_and_the_runs(day: Deployment, tmp_pa
 LEADER = """
 import asyncio, os, nats
 async def main():
-    nc = await nats.connect(os.environ["JOBLOG_NATS_URL"].split(","))
+    nc = await nats.connect(os.environ["JOBLOG_NATS_URL"].split(","), user=os.environ["JOBLOG_NATS_USER"],
+                            password=os.environ["JOBLOG_NATS_PASSWORD"])
     info = await nc.jetstream(timeout=10).stream_info("JOBS_COMMANDS")
     print(info.cluster.leader)
     await nc.close()

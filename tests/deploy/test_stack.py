@@ -34,7 +34,8 @@ PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 
 def stack_environment(service: str, overrides: dict[str, str]) -> dict[str, str]:
     """The service's environment from the compose files, with the test's addresses swapped in."""
-    dotenv = {**compose.read_dotenv(compose.ENV_EXAMPLE), "POSTGRES_PASSWORD": "unused", "JOBLOG_ADMIN_PASSWORD": PASSWORD}
+    nats = {f"NATS_{role}_PASSWORD": "unused" for role in ("ADMIN", "WORKER", "RECORDER", "WEB", "CONSUMER")}
+    dotenv = {**compose.read_dotenv(compose.ENV_EXAMPLE), **nats, "POSTGRES_PASSWORD": "unused", "JOBLOG_ADMIN_PASSWORD": PASSWORD}
     cfg = compose.config(dotenv)
     env = compose.service_environment(cfg, service, dotenv)
     for key, value in overrides.items():
