@@ -89,7 +89,7 @@ class Deployment:
                 return
             print(f"up {' '.join(args)} failed once, retrying:\n{done.stderr[-2000:]}")
 
-    def joblog(self, *args: str, service: str = "sync_worker", check: bool = True) -> subprocess.CompletedProcess[str]:
+    def joblog(self, *args: str, service: str = "web", check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.compose("exec", "-T", service, "joblog", *args, check=check)
 
     def containers(self, service: str | None = None) -> list[dict[str, Any]]:
