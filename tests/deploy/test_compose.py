@@ -247,6 +247,9 @@ def _starts_in_order(services: dict[str, Any]) -> list[str]:
 
 def test_the_cluster_variant_runs_three_jetstream_nodes_and_replicates_the_streams():
     services = config(compose.COMPOSE, compose.CLUSTER)["services"]
+    # migrate creates the streams: it must create them replicated, with every node up.
+    assert services["migrate"]["environment"]["JOBLOG_STREAM_REPLICAS"] == "3"
+    assert {"nats", "nats-2", "nats-3"} <= set(services["migrate"]["depends_on"])
     nodes = {name: command_of(s) for name, s in services.items() if s.get("image", "").startswith("nats:")}
     assert len(nodes) == 3
 
