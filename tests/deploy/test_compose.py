@@ -215,7 +215,8 @@ def test_services_start_in_a_sane_order_and_restart_sensibly(files):
     services = config(*files)["services"]
     migrate = services["migrate"]
     # migrate creates the streams too (as the NATS admin): it waits for both servers.
-    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}, "nats": {"condition": "service_healthy"}}
+    nodes = {name: {"condition": "service_healthy"} for name in services if name.startswith("nats")}
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}, **nodes}
     assert migrate["restart"].startswith("on-failure")
     for name in LONG_RUNNING:
         depends = services[name]["depends_on"]
