@@ -116,6 +116,17 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notifier(args: argparse.Namespace) -> int:
+    """Run the notifier: alerts on failures, missed schedules, slow runs and a projection behind."""
+    from services.notifier.main import run
+    from services.notifier.settings import NotifierSettings
+
+    settings = load_settings(NotifierSettings)
+    _logging(settings)
+    asyncio.run(run(settings))
+    return 0
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     """Replay the run stream into fresh projection tables and swap them in."""
     from services.log_recorder.errors import RebuildFailed
@@ -251,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated). Stops on SIGTERM after running jobs finish.")
     add("recorder", cmd_recorder, "Run the log recorder",
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated). Several recorders may share the durable consumer.")
+    add("notifier", cmd_notifier, "Run the notifier",
+        "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated); delivers alerts to JOBLOG_NOTIFY_WEBHOOKS, Slack and email.")
     rebuild = add("rebuild", cmd_rebuild, "Rebuild job_logs and job_log_details from the run stream",
                   "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL. Replays the stream from its start into fresh tables "
                   "with a progress bar, then swaps them in atomically; recorders and the web keep running.")

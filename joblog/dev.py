@@ -25,7 +25,7 @@ from pathlib import Path
 from joblog.servers import EmbeddedPostgres, NatsServer, child_process_options, free_port, port_open
 from joblog.migrate import with_database
 
-SERVICES = ("recorder", "worker", "web")
+SERVICES = ("recorder", "worker", "notifier", "web")
 STACK_FILE = "stack.env"
 
 

@@ -6,6 +6,7 @@ This package imports nothing from the services.
 from services.contracts.events import (
     SCHEMA_VERSION,
     ActionTaken,
+    AlertRaised,
     EventAdapter,
     JobDescription,
     JobEvent,
@@ -28,6 +29,7 @@ from services.contracts.subjects import Subjects
 __all__ = [
     "SCHEMA_VERSION",
     "ActionTaken",
+    "AlertRaised",
     "EventAdapter",
     "JobDescription",
     "JobEvent",

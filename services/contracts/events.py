@@ -212,3 +212,22 @@ class TriggerRequested(_Frozen):
     trigger: TriggerKind = "manual"
     requested_by: str | None = Field(default=None, max_length=200)
     requested_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+# What the notifier alerts on (services/notifier); a new kind is an additive change.
+AlertKind = Literal["run_failed", "recovered", "stalled", "missed_schedule", "too_slow", "projection_behind", "dead_letters"]
+
+
+class AlertRaised(_Frozen):
+    """The notifier raised an alert (also delivered to webhooks, Slack and email); alert_id is the idempotency key."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["alert.raised"] = "alert.raised"
+    alert_id: uuid.UUID
+    kind: AlertKind
+    job: str | None = Field(default=None, pattern=TOKEN_PATTERN, description="The job, if the alert is about one.")
+    run: str | None = Field(default=None, pattern=RUN_NAME_PATTERN, description="The run's name, if about one.")
+    message: str = Field(max_length=20_000)
+    link: str | None = Field(default=None, max_length=2000, description="The run's page (JOBLOG_PUBLIC_URL).")
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    details: dict[str, Any] = Field(default_factory=dict)

@@ -6,6 +6,7 @@
     {prefix}.worker.{worker_id}.heartbeat
     {prefix}.worker.{worker_id}.stopped  a worker process stopped cleanly
     {prefix}.cmd.trigger.{job}           commands to the workers (a work-queue stream)
+    {prefix}.alert.{kind}.{job}          alerts of the notifier (a stream of its own; job "_" for none)
 """
 from __future__ import annotations
 
@@ -55,6 +56,17 @@ class Subjects:
         return f"{self.prefix}.cmd.trigger.*"
 
     @property
+    def alerts(self) -> str:
+        return f"{self.prefix}.alert.>"
+
+    @property
+    def alert_stream(self) -> str:
+        return f"{self.stream}_ALERTS"
+
+    def for_alert(self, kind: str, job: str | None) -> str:
+        return f"{self.prefix}.alert.{kind}.{job or '_'}"
+
+    @property
     def heartbeat_stream(self) -> str:
         return f"{self.stream}_HEARTBEATS"
 
@@ -79,7 +91,9 @@ class Subjects:
         return f"{self.prefix}.cmd.trigger.{job}"
 
     def stream_configs(self, replicas: int = 1) -> list[StreamConfig]:
-        """The three streams: run events (kept), heartbeats (short-lived), commands (work queue)."""
+        """The streams: run events (kept), heartbeats (short-lived), commands (work queue), alerts (kept 30 days).
+
+        Alerts have a stream of their own: the recorder consumes all of the run stream."""
         return [
             StreamConfig(
                 name=self.stream,
@@ -107,6 +121,15 @@ class Subjects:
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
                 discard=DiscardPolicy.OLD,
                 max_age=24 * 3600.0,
+                num_replicas=replicas,
+            ),
+            StreamConfig(
+                name=self.alert_stream,
+                subjects=[self.alerts],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                max_age=30 * 24 * 3600.0,
                 num_replicas=replicas,
             ),
         ]

@@ -13,7 +13,7 @@ import pytest
 
 from joblog import schema
 from services.contracts import (
-    ActionTaken, RunsDeleted, Subjects, TriggerRequested, WorkerHeartbeat, WorkerStopped, parse_event,
+    ActionTaken, AlertRaised, RunsDeleted, Subjects, TriggerRequested, WorkerHeartbeat, WorkerStopped, parse_event,
 )
 from tests.factories import run_events
 
@@ -23,6 +23,7 @@ EVENTS_MD = ROOT / "docs" / "events.md"
 NON_RUN_MODELS = {
     "runs.deleted": RunsDeleted, "worker.heartbeat": WorkerHeartbeat, "trigger.requested": TriggerRequested,
     "worker.stopped": WorkerStopped, "action.taken": ActionTaken,
+    "alert.raised": AlertRaised,
 }
 
 

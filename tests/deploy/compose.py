@@ -130,6 +130,7 @@ def service_environment(cfg: dict[str, Any], service: str, dotenv: dict[str, str
 def settings_classes() -> list[type[CommonSettings]]:
     """CommonSettings and every subclass the services define (imported here, found by walking)."""
     import services.log_recorder.settings  # noqa: F401
+    import services.notifier.settings  # noqa: F401
     import services.sync_worker.settings  # noqa: F401
     import services.web.settings  # noqa: F401
 

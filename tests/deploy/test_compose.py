@@ -17,6 +17,7 @@ import pytest
 from joblog.cli import build_parser
 from services.contracts.settings import CommonSettings
 from services.log_recorder.settings import RecorderSettings
+from services.notifier.settings import NotifierSettings
 from services.sync_worker.settings import WorkerSettings
 from services.web.app import create_app
 from services.web.settings import WebSettings
@@ -25,9 +26,10 @@ from tests.deploy import compose
 # Which settings each long-running command reads; the compose services are these commands.
 SETTINGS_OF_COMMAND: dict[str, type[CommonSettings]] = {
     "migrate": CommonSettings, "worker": WorkerSettings, "recorder": RecorderSettings, "web": WebSettings,
+    "notifier": NotifierSettings,
 }
-APP_SERVICES = ("migrate", "sync_worker", "log_recorder", "web")
-LONG_RUNNING = ("sync_worker", "log_recorder", "web")
+APP_SERVICES = ("migrate", "sync_worker", "log_recorder", "notifier", "web")
+LONG_RUNNING = ("sync_worker", "log_recorder", "notifier", "web")
 # What a user writes into deploy/.env (the two required values), over .env.example.
 NATS_ROLES = {"ADMIN": "migrate", "WORKER": "sync_worker", "RECORDER": "log_recorder", "WEB": "web", "CONSUMER": None}
 NATS_SECRETS = {f"NATS_{role}_PASSWORD": f"n{role.lower()}pw{len(role)}" for role in NATS_ROLES}
