@@ -31,7 +31,8 @@ SETTINGS_OF_COMMAND: dict[str, type[CommonSettings]] = {
 APP_SERVICES = ("migrate", "sync_worker", "log_recorder", "notifier", "web")
 LONG_RUNNING = ("sync_worker", "log_recorder", "notifier", "web")
 # What a user writes into deploy/.env (the two required values), over .env.example.
-NATS_ROLES = {"ADMIN": "migrate", "WORKER": "sync_worker", "RECORDER": "log_recorder", "WEB": "web", "CONSUMER": None}
+NATS_ROLES = {"ADMIN": "migrate", "WORKER": "sync_worker", "RECORDER": "log_recorder", "WEB": "web", "CONSUMER": None,
+              "NOTIFIER": "notifier"}
 NATS_SECRETS = {f"NATS_{role}_PASSWORD": f"n{role.lower()}pw{len(role)}" for role in NATS_ROLES}
 SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "JOBLOG_ADMIN_PASSWORD": "admin-secret", **NATS_SECRETS}
 

@@ -139,7 +139,7 @@ def env_file_for(path: Path, **extra: str) -> Path:
     """deploy/.env.example filled in as the README says, plus this run's ports and base images."""
     text = compose_files.ENV_EXAMPLE.read_text(encoding="utf-8")
     text = text.replace("\nPOSTGRES_PASSWORD=\n", f"\nPOSTGRES_PASSWORD=pg{os.urandom(6).hex()}\n")
-    for role in ("ADMIN", "WORKER", "RECORDER", "WEB", "CONSUMER"):
+    for role in ("ADMIN", "WORKER", "RECORDER", "WEB", "CONSUMER", "NOTIFIER"):
         text = text.replace(f"\nNATS_{role}_PASSWORD=\n", f"\nNATS_{role}_PASSWORD=n{os.urandom(8).hex()}\n")
     # The hash instead of the password (defect 5: compose demanded the plaintext).
     text = text.replace("\nJOBLOG_ADMIN_PASSWORD=\n", "\n")

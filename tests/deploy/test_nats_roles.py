@@ -34,9 +34,9 @@ from tests.conftest import eventually
 from tests.factories import run_events
 
 CONFIG = Path(__file__).parents[2] / "deploy" / "nats" / "nats.conf"
-ROLES = ("admin", "worker", "recorder", "web", "consumer")
+ROLES = ("admin", "worker", "recorder", "web", "consumer", "notifier")
 USERS = {"admin": "admin", "worker": "joblog_worker", "recorder": "joblog_recorder", "web": "joblog_web",
-         "consumer": "consumer"}
+         "consumer": "consumer", "notifier": "joblog_notifier"}
 SUBJECTS = Subjects()  # the names the shipped file is written for: joblog.* and JOBS
 
 

@@ -34,7 +34,7 @@ PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 
 def stack_environment(service: str, overrides: dict[str, str]) -> dict[str, str]:
     """The service's environment from the compose files, with the test's addresses swapped in."""
-    nats = {f"NATS_{role}_PASSWORD": "unused" for role in ("ADMIN", "WORKER", "RECORDER", "WEB", "CONSUMER")}
+    nats = {f"NATS_{role}_PASSWORD": "unused" for role in ("ADMIN", "WORKER", "RECORDER", "WEB", "CONSUMER", "NOTIFIER")}
     dotenv = {**compose.read_dotenv(compose.ENV_EXAMPLE), **nats, "POSTGRES_PASSWORD": "unused", "JOBLOG_ADMIN_PASSWORD": PASSWORD}
     cfg = compose.config(dotenv)
     env = compose.service_environment(cfg, service, dotenv)
