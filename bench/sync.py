@@ -53,7 +53,7 @@ async def worker_process_rss(servers: Servers, orders: int) -> tuple[float, floa
     """Peak RSS of a worker process that syncs the orders (trigger -> run.succeeded on the stream), and its seconds."""
     import time
 
-    from services.sync_worker.main import send_trigger
+    from joblog.trigger import send_trigger
     from services.sync_worker.settings import WorkerSettings
     from services.sync_worker.sources.sample import generate_orders, write_csv
 

@@ -68,6 +68,73 @@ def detail_script(runs: int, directory: Path) -> str:
     return str(path)
 
 
+GUESSES_PER_SECOND = 50
+
+
+async def wrong_passwords(url: str, stop: asyncio.Event) -> dict[str, int]:
+    """Send GUESSES_PER_SECOND wrong passwords a second to url until stop, without waiting for answers; statuses seen."""
+    import aiohttp
+
+    seen: dict[str, int] = {}
+
+    async def guess(session: aiohttp.ClientSession, n: int) -> None:
+        try:
+            async with session.get(url, headers={"Authorization": aiohttp.encode_basic_auth("admin", f"guess-{n}")}) as response:
+                seen[str(response.status)] = seen.get(str(response.status), 0) + 1
+        except aiohttp.ClientError as error:
+            seen[type(error).__name__] = seen.get(type(error).__name__, 0) + 1
+
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)) as session:
+        tasks, start, n = set(), loop.time(), 0
+        while not stop.is_set():
+            n += 1
+            task = asyncio.create_task(guess(session, n))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            await asyncio.sleep(max(0.0, start + n / GUESSES_PER_SECOND - loop.time()))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return seen
+
+
+async def healthz_under_guesses(servers: Servers, dsn: str, duration: int) -> Result:
+    """/healthz p99 while 50 wrong passwords a second arrive, against /healthz alone, on one web with a real hash."""
+    from services.web.passwords import hash_password
+
+    tag = uuid.uuid4().hex[:8]
+    stream, port = f"BENCH_AUTH_{tag}", free_port()
+    # Every guess is hashed (no address limit reached, as from many addresses): the worst case for the check.
+    env = service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port),
+                      JOBLOG_ADMIN_PASSWORD_HASH=hash_password("the right one"), JOBLOG_WEB_LOGIN_FAILURES="1000000")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with service_process("web", env):
+            wait_for_port(port)
+            await asyncio.to_thread(wrk, base + "/healthz", WARMUP_SECONDS)
+            alone = await asyncio.to_thread(wrk, base + "/healthz", duration)
+            stop = asyncio.Event()
+            flood = asyncio.create_task(wrong_passwords(base + "/", stop))
+            await asyncio.sleep(WARMUP_SECONDS)  # let the queue of checks build up first
+            flooded = await asyncio.to_thread(wrk, base + "/healthz", duration)
+            stop.set()
+            statuses = await flood
+    finally:
+        await delete_streams(servers.nats_url, stream)
+    ratio = flooded["p99"] / alone["p99"] if alone["p99"] else float("inf")
+    ok = ratio <= 3 and flooded["errors"] == 0
+    answered = ", ".join(f"{count:,} {status}" for status, count in sorted(statuses.items()))
+    return Result(
+        f"3d. Web `/healthz` p99 while {GUESSES_PER_SECOND} wrong passwords a second arrive",
+        f"p99 {flooded['p99']:.1f} ms, {flooded['rps']:,.0f} req/s",
+        f"/healthz alone: p99 {alone['p99']:.1f} ms, {alone['rps']:,.0f} req/s", f"{ratio:.2f}", "p99 ratio <= 3", ok,
+        "JOBLOG_BENCH_WEB_SCALE=0.001 .venv/bin/python -m bench --no-write web",
+        [f"same web process, JOBLOG_ADMIN_PASSWORD_HASH at {600_000:,} PBKDF2 iterations, per-address limit off so every "
+         f"guess is checked; wrk -t1 -c{CONNECTIONS} -d{duration}s each; the guesses were answered: {answered} "
+         "(401: checked in the password thread; 503: refused at once, the check queue being full)"],
+        {"ratio": ratio <= 3, "errors": flooded["errors"] == 0},
+    )
+
+
 async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     if not shutil.which("wrk"):
         raise RuntimeError("wrk not found: apt-get install -y wrk")
@@ -125,4 +192,5 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
         ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"],
     ))
+    results.append(await healthz_under_guesses(servers, dsn, duration))
     return results, {"web": rss, "hello-world (reference)": hello_rss}

@@ -5,12 +5,9 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from services.contracts.settings import CommonSettings, load_settings
 
-if TYPE_CHECKING:
-    from services.sync_worker.settings import WorkerSettings
 
 
 def _logging(settings: CommonSettings) -> None:
@@ -22,16 +19,30 @@ def _logging(settings: CommonSettings) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the schema migrations to JOBLOG_DATABASE_URL, then create the JetStream streams that are missing."""
     import asyncpg
+    import structlog
 
     from joblog.migrate import ensure_database, migrate
     from services.contracts.nats import connect
     from services.contracts.subjects import StreamsUnavailable, close_nats, ensure_streams
 
     settings = load_settings(CommonSettings)
+    _logging(settings)
+    log = structlog.get_logger("joblog.migrate")
 
     async def go() -> list[str]:
-        await ensure_database(settings.database_url)
-        conn = await asyncpg.connect(settings.database_url)
+        # Postgres may still be starting (a container's first-start init): retry for a while.
+        deadline = asyncio.get_running_loop().time() + MIGRATE_WAIT
+        while True:
+            try:
+                await ensure_database(settings.database_url)
+                conn = await asyncpg.connect(settings.database_url, timeout=10)
+                break
+            except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as error:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise MigrateFailed(f"Postgres at {_redacted(settings.database_url)} unreachable for "
+                                        f"{MIGRATE_WAIT:.0f} s: {error!r}") from error
+                log.info("waiting for postgres", error=repr(error))
+                await asyncio.sleep(1)
         try:
             applied = await migrate(conn)
         finally:
@@ -46,16 +57,36 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     try:
         applied = asyncio.run(go())
+    except MigrateFailed as error:
+        log.error("migrate failed", error=str(error))
+        return 1
     except StreamsUnavailable as error:
-        print(f"joblog: {error}", file=sys.stderr)
+        log.error("migrate failed", error=str(error))
         return 1
     except OSError as error:
-        print(f"joblog: cannot reach NATS at {settings.nats_url}: {error}", file=sys.stderr)
+        log.error("migrate failed", error=f"cannot reach NATS at {settings.nats_url}: {error}")
         return 1
-    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    if applied:
+        log.info("migrations applied", applied=applied)
+    else:
+        log.info("schema is up to date")
     if not args.no_streams:
-        print(f"streams ready: {', '.join(str(c.name) for c in settings.subjects.stream_configs())}")
+        log.info("streams ready", streams=[str(c.name) for c in settings.subjects.stream_configs()])
     return 0
+
+
+# Seconds `joblog migrate` waits for Postgres to accept connections.
+MIGRATE_WAIT = 120.0
+
+
+class MigrateFailed(Exception):
+    pass
+
+
+def _redacted(dsn: str) -> str:
+    from services.contracts.redaction import redact
+
+    return redact(dsn)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -116,37 +147,35 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 def cmd_trigger(args: argparse.Namespace) -> int:
     """Ask the workers to run a job once."""
+    from joblog.trigger import GaveUp, send_trigger
     from services.sync_worker.errors import UnknownJob
-    from services.sync_worker.main import send_trigger
-    from services.sync_worker.settings import WorkerSettings
+    from services.sync_worker.jobs import registry
 
-    settings = load_settings(WorkerSettings)
-    if args.wait:
-        return _trigger_and_wait(settings, args.job)
+    settings = load_settings(CommonSettings)
     try:
-        command = asyncio.run(send_trigger(settings, args.job, "cli", requested_by="cli"))
+        registry.get(args.job)
     except UnknownJob as error:
         print(f"joblog: {error}", file=sys.stderr)
         return 2
+    try:
+        if args.wait:
+            return _trigger_and_wait(settings, args.job)
+        command = asyncio.run(send_trigger(settings, args.job, "cli", requested_by="cli"))
+    except GaveUp as error:
+        print(f"joblog trigger: {error}", file=sys.stderr)
+        return 1
     print(f"triggered {command.job} (command {command.command_id}); a worker picks it up")
     return 0
 
 
-def _trigger_and_wait(settings: WorkerSettings, job: str) -> int:
+def _trigger_and_wait(settings: CommonSettings, job: str) -> int:
     """Trigger, then a progress bar until the run ends; the exit code says how it ended."""
     import getpass
     import uuid
 
     from joblog.tail import wait_for_run
-    from services.sync_worker.errors import UnknownJob
-    from services.sync_worker.main import send_trigger
-    from services.sync_worker.jobs import registry
+    from joblog.trigger import send_trigger
 
-    try:
-        registry.get(job)
-    except UnknownJob as error:
-        print(f"joblog: {error}", file=sys.stderr)
-        return 2
     # Unique, so we recognise our run among others of the same job; readable in the UI too.
     requested_by = f"cli:{getpass.getuser()} #{uuid.uuid4().hex[:6]}"
     return asyncio.run(wait_for_run(settings, job, requested_by,

@@ -152,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
             return 1
         stack_file = write_stack_file(data, env)
         if not args.no_sync:
-            from services.sync_worker.main import send_trigger
+            from joblog.trigger import send_trigger
             from services.sync_worker.settings import WorkerSettings
 
             asyncio.run(send_trigger(WorkerSettings(), "sync_open_orders", "startup", requested_by="joblog dev"))

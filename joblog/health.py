@@ -1,10 +1,14 @@
 """`joblog health`: can this container reach what it needs? For the worker and recorder healthchecks.
 
-Cheap on purpose (one NATS connection, one stream lookup, one SELECT): Docker runs it every 30 s.
+Cheap on purpose (one NATS connection, a few stream and consumer lookups, one SELECT): Docker runs
+it every 10 s. A consumer that is ahead of its stream (it has delivered sequence numbers the stream
+no longer has: the stream was recreated or restored under it) is unhealthy: it would skip every new
+message up to its old position, while everything else looks fine.
 """
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 from services.contracts.nats import connect
@@ -29,7 +33,9 @@ async def check(settings: CommonSettings, timeout: float = 5.0) -> list[str]:
         problems.append(f"NATS at {settings.nats_url} unreachable: {error!r}")
     else:
         try:
-            await nc.jetstream(timeout=timeout).stream_info(settings.stream)
+            js = nc.jetstream(timeout=timeout)
+            await js.stream_info(settings.stream)
+            problems += await consumers_ahead(js, [str(config.name) for config in settings.subjects.stream_configs()])
         except Exception as error:
             problems.append(f"JetStream stream {settings.stream} unavailable: {error!r}")
         finally:
@@ -42,6 +48,28 @@ async def check(settings: CommonSettings, timeout: float = 5.0) -> list[str]:
             await conn.close()
     except Exception as error:
         problems.append(f"Postgres unreachable: {error!r}")
+    return problems
+
+
+async def consumers_ahead(js: Any, streams: list[str]) -> list[str]:
+    """A problem for each durable consumer whose position is beyond its stream's last message."""
+    import nats.js.errors
+
+    problems = []
+    for stream in streams:
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            continue  # not created yet (the first worker or recorder creates it)
+        last = info.state.last_seq
+        for consumer in await js.consumers_info(stream):
+            delivered = consumer.delivered.stream_seq if consumer.delivered else 0
+            if consumer.config.durable_name and (delivered or 0) > last:
+                problems.append(
+                    f"consumer {consumer.name} of stream {stream} is at #{delivered} but the stream ends at #{last}: "
+                    "the stream was recreated or restored under it, so the messages up to #"
+                    f"{delivered} would be skipped (see README, Backup and restore)"
+                )
     return problems
 
 

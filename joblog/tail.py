@@ -165,15 +165,19 @@ async def wait_for_run(settings: CommonSettings, job: str, requested_by: str, se
     """
     from tqdm import tqdm
 
-    nc = await connect(settings, "joblog-trigger-wait")
-    if nc is None:
-        return 1
+    from joblog.trigger import connect as connect_retrying, retrying
+
+    nc = await connect_retrying(settings, "joblog-trigger-wait")
     bar = tqdm(desc=f"{job}: waiting for a worker", unit=" orders", file=sys.stderr, disable=None, leave=False)
     try:
-        sub = await nc.jetstream(timeout=5).subscribe(
-            f"{settings.subjects.prefix}.run.{job}.>", stream=settings.stream, ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
-        )
+        js = nc.jetstream(timeout=5)
+
+        async def follow() -> Any:
+            # Creating the ordered consumer goes through the stream's leader: retried through an election.
+            return await js.subscribe(f"{settings.subjects.prefix}.run.{job}.>", stream=settings.stream,
+                                      ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
+
+        sub = await retrying(f"follow the runs of {job} in stream {settings.stream}", follow)
         await send()
         run_id = None
         while True:

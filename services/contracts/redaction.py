@@ -40,6 +40,16 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+# Punctuation that ends a sentence around a URL rather than belonging to it: "(see http://x/a?b=1): 500".
+_TRAILING = ").,:;]}!?"
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    url = match.group(1)
+    kept = url.rstrip(_TRAILING)
+    return redact_url(kept) + url[len(kept):]
+
+
 # user:password@ where no scheme says it is a URL (a DSN typed without "//", say).
 _USERINFO = re.compile(r"[^\s/@'\"]+:[^\s/@'\"]+@")
 
@@ -47,7 +57,7 @@ _USERINFO = re.compile(r"[^\s/@'\"]+:[^\s/@'\"]+@")
 def redact(text: str) -> str:
     """text with every URL in it redacted, and any other user:password@ too."""
     if "://" in text:
-        text = _URL.sub(lambda match: redact_url(match.group(1)), text)
+        text = _URL.sub(_redact_match, text)
     if "@" in text:
         text = _USERINFO.sub(f"{MASK}@", text)
     return text

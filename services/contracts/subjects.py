@@ -150,6 +150,24 @@ async def ensure_streams(js, subjects: Subjects, replicas: int = 1) -> None:  # 
             await js.update_stream(replace(info.config, subjects=[*(info.config.subjects or []), *missing]))
 
 
+async def ensure_streams_when_ready(js, subjects: Subjects, replicas: int = 1, wait: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """ensure_streams, retried while JetStream is not ready yet (a cluster electing its leader, a restart)."""
+    import asyncio
+
+    import nats.errors
+    import nats.js.errors
+
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            await ensure_streams(js, subjects, replicas)
+            return
+        except (StreamsUnavailable, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as error:
+            if asyncio.get_running_loop().time() > deadline:
+                raise StreamsUnavailable(f"JetStream not ready after {wait:g} s: {error}") from None
+            await asyncio.sleep(1)
+
+
 async def publish_trigger(js, subjects: Subjects, command) -> None:  # type: ignore[no-untyped-def]
     """Send a TriggerRequested to the workers' work queue; its command_id de-duplicates."""
     await js.publish(

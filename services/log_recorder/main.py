@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from services.contracts import ActionTaken, RunsDeleted, parse_event
 from services.contracts.nats import connect
-from services.contracts.subjects import close_nats, ensure_streams
+from services.contracts.subjects import close_nats, ensure_streams, ensure_streams_when_ready
 from services.log_recorder import db
 from services.log_recorder.errors import TRANSIENT, DeadLetter, is_refused
 from services.log_recorder.projection import Batch
@@ -336,7 +336,7 @@ async def run(settings: RecorderSettings, ready: asyncio.Event | None = None, st
         nc = await connect(settings, "joblog-recorder")
         stack.push_async_callback(close_nats, nc)
         recorder = Recorder(settings, pool, nc)
-        await ensure_streams(recorder.js, settings.subjects, settings.stream_replicas)
+        await ensure_streams_when_ready(recorder.js, settings.subjects, settings.stream_replicas)
         sub = await recorder.subscribe()
         watchdog = Watchdog(settings, pool, recorder.js)
         watching = asyncio.create_task(watchdog.run(stopping), name="watchdog")

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from services.contracts import TriggerRequested, WorkerHeartbeat, WorkerStopped
 from services.contracts.events import TriggerKind, utcnow
 from services.contracts.nats import connect
-from services.contracts.subjects import close_nats, ensure_streams, publish_trigger
+from services.contracts.subjects import close_nats, ensure_streams_when_ready
 from services.sync_worker.errors import UnknownJob
 from services.sync_worker.jobs import RunContext, registry
 from services.sync_worker.db import outbox_runs
@@ -244,7 +244,7 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         nc = await connect(settings, f"joblog-worker-{settings.worker_id}")
         stack.push_async_callback(close_nats, nc)
         worker = Worker(settings, pool, nc)
-        await ensure_streams(worker.js, settings.subjects, settings.stream_replicas)
+        await ensure_streams_when_ready(worker.js, settings.subjects, settings.stream_replicas)
         relay_stop = asyncio.Event()
         relay = asyncio.create_task(worker.relay.run(relay_stop), name="outbox-relay")
         # Heartbeats go on while running jobs drain after SIGTERM: the worker is not lost yet.
@@ -276,19 +276,3 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         except Exception as error:  # NATS or Postgres gone: the recorder judges by the leases instead
             log.warning("could not announce the stop", error=repr(error))
     log.info("worker stopped", worker_id=settings.worker_id)
-
-
-async def send_trigger(settings: WorkerSettings, job: str, trigger: TriggerKind = "cli", requested_by: str | None = None) -> TriggerRequested:
-    """Publish one trigger command (what `joblog trigger` and the web's "Run now" do)."""
-    registry.get(job)
-    command = TriggerRequested(job=job, trigger=trigger, requested_by=requested_by)
-    nc = await connect(settings, "joblog-trigger")
-    try:
-        js = nc.jetstream(timeout=5)
-        await ensure_streams(js, settings.subjects, settings.stream_replicas)
-        await publish_trigger(js, settings.subjects, command)
-    finally:
-        await close_nats(nc)
-    return command
-
-

@@ -1,8 +1,9 @@
 """Actions: run a job now, retry a failed run, delete runs; POSTs that publish a message to NATS.
 
 Each is confirmed in the UI (a JS dialog, or the confirmation page without JS), publishes one
-command or event, logs who asked, and redirects with a notice. The JSON API's trigger shares
-trigger_job.
+command or event, puts an ActionTaken on the audit trail (who, what, on what, from where), and
+redirects with a notice key from present.NOTICES. Only operators get here (the authentication
+middleware refuses every POST of a viewer). The JSON API's trigger shares trigger_job.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import nats.errors
 import structlog
 from aiohttp import web
 
-from services.contracts import RunsDeleted, TriggerRequested
+from services.contracts import ActionTaken, RunsDeleted, TriggerRequested
+from services.contracts.events import ActionKind
 from services.web import commands, params
+from services.web.accounts import ANONYMOUS, account_of
 from services.web.errors import BadRequest
 from services.web.keys import NATS_CONNECTION, SETTINGS
 
@@ -37,7 +40,21 @@ async def _send(command: Awaitable[None]) -> None:
 
 
 def _actor(request: web.Request) -> str:
-    return "admin" if request.app[SETTINGS].auth_enabled else "anonymous"
+    return (account_of(request) or ANONYMOUS).name
+
+
+async def _audit(
+    request: web.Request, action: ActionKind, *, job: str | None = None, target: str | None = None, **detail: Any,
+) -> None:
+    """Record who did what on the audit trail. The action itself is already sent, so a failure here is
+    logged (with everything the event would have said) rather than reported as nothing sent."""
+    event = ActionTaken(actor=_actor(request), action=action, job=job, target=target, detail=detail,
+                        source=(request.remote or "")[:200] or None)
+    try:
+        await commands.record(request.app[NATS_CONNECTION], request.app[SETTINGS].subjects, event)
+    except (nats.errors.Error, asyncio.TimeoutError) as error:
+        log.error("could not put an action on the audit trail", error=repr(error), **event.model_dump(mode="json"))
+    log.info("action", action=action, job=job, target=target, actor=event.actor, remote=request.remote, **detail)
 
 
 def _confirmation(
@@ -49,7 +66,8 @@ def _confirmation(
     fields = {k: str(v) for k, v in form.items() if k != "confirm"}
     return aiohttp_jinja2.render_template(
         "confirm.html", request,
-        {"question": question, "button": button, "action": request.path, "fields": fields, "danger": danger, "back": back},
+        {"question": question, "button": button, "action": request.path, "fields": fields, "danger": danger, "back": back,
+         "account": account_of(request)},
     )
 
 
@@ -66,19 +84,21 @@ async def run_now(request: web.Request) -> web.StreamResponse:
     )
     if asking is not None:
         return asking
-    command_id = await trigger_job(request, job, retry_of or None)
-    notice = f"Triggered {job}. The new run appears in the job logs in a moment."
-    raise web.HTTPSeeOther(f"/monitor?{urlencode({'notice': notice, 'command': command_id})}")
+    await trigger_job(request, job, retry_of or None)
+    shown = {"notice": "retried", "job": job, "run": retry_of} if retry_of else {"notice": "triggered", "job": job}
+    raise web.HTTPSeeOther(f"/monitor?{urlencode(shown)}")
 
 
-async def trigger_job(request: web.Request, job: str, retry_of: str | None) -> str:
-    """Publish the trigger and log who asked; returns the command id."""
+async def trigger_job(request: web.Request, job: str, retry_of: str | None, *, via: str = "page") -> str:
+    """Publish the trigger and record who asked; returns the command id."""
     settings = request.app[SETTINGS]
     requested_by = f"web:{_actor(request)}" + (f" retry of {retry_of}" if retry_of else "")
     command = TriggerRequested(job=job, trigger="retry" if retry_of else "manual", requested_by=requested_by)
     await _send(commands.trigger(request.app[NATS_CONNECTION], settings.subjects, command))
-    log.info("action", action="retry" if retry_of else "run_now", job=job, retry_of=retry_of,
-             command_id=command.command_id, actor=_actor(request), remote=request.remote)
+    if retry_of:
+        await _audit(request, "retry", job=job, target=retry_of, command_id=command.command_id, via=via)
+    else:
+        await _audit(request, "trigger", job=job, target=command.command_id, via=via)
     return command.command_id
 
 
@@ -93,8 +113,8 @@ async def delete_run(request: web.Request) -> web.StreamResponse:
         return asking
     event = RunsDeleted(names=[name], requested_by=f"web:{_actor(request)}")
     await _send(commands.delete_runs(request.app[NATS_CONNECTION], request.app[SETTINGS].subjects, event))
-    log.info("action", action="delete_run", run=name, event_id=str(event.event_id), actor=_actor(request), remote=request.remote)
-    raise web.HTTPSeeOther(f"/?{urlencode({'notice': f'Run {name} is being deleted.'})}")
+    await _audit(request, "delete_runs", target=name, event_id=str(event.event_id))
+    raise web.HTTPSeeOther(f"/?{urlencode({'notice': 'run_deleted', 'run': name})}")
 
 
 async def delete_older(request: web.Request) -> web.StreamResponse:
@@ -114,7 +134,5 @@ async def delete_older(request: web.Request) -> web.StreamResponse:
         return asking
     event = RunsDeleted(created_before=cutoff, requested_by=f"web:{_actor(request)}")
     await _send(commands.delete_runs(request.app[NATS_CONNECTION], settings.subjects, event))
-    log.info("action", action="delete_older", before=cutoff.isoformat(), event_id=str(event.event_id),
-             actor=_actor(request), remote=request.remote)
-    notice = f"Runs created before {day.isoformat()} are being deleted."
-    raise web.HTTPSeeOther(f"/monitor?{urlencode({'notice': notice})}")
+    await _audit(request, "delete_before", target=cutoff.isoformat(), event_id=str(event.event_id))
+    raise web.HTTPSeeOther(f"/monitor?{urlencode({'notice': 'runs_deleted', 'before': day.isoformat()})}")

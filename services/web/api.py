@@ -5,6 +5,7 @@ Built on the same query layer as the HTML pages, never on the pages themselves.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN
+from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN, ActionKind
 from services.contracts.statuses import STATUSES, RunStatus
 from services.web import db, params, queries
 from services.web.actions import trigger_job
@@ -22,6 +23,7 @@ from services.web.keys import SETTINGS
 
 RunState = Literal[RunStatus, Literal["stalled"]]
 RUNS_MOST = 200
+ACTIONS_MOST = 500
 
 
 class _Out(BaseModel):
@@ -122,6 +124,25 @@ class JobList(_Out):
     jobs: list[Job]
 
 
+class Action(_Out):
+    """One entry of the audit trail: someone acted on the system."""
+
+    event_id: uuid.UUID
+    occurred_at: datetime
+    actor: str = Field(description="The account that acted.")
+    action: ActionKind
+    label: str = Field(description="The action as the Jobs Monitor names it.")
+    job: str | None
+    target: str | None = Field(description="What it acted on: a run name (retry, delete_runs), a command id (trigger), a cutoff (delete_before).")
+    detail: dict[str, Any]
+    source: str | None = Field(description="The client address the action came from.")
+    url: str | None = Field(description="The run or job it points to, if it still exists.")
+
+
+class ActionList(_Out):
+    actions: list[Action]
+
+
 class TriggerBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -193,6 +214,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     return _json(JobList(jobs=[Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None}) for job in jobs]))
 
 
+async def list_actions(request: web.Request) -> web.Response:
+    """The audit trail, newest first."""
+    actions = await queries.recent_actions(request.app, params.limit(request, 50, ACTIONS_MOST))
+    return _json(ActionList(actions=[Action.model_validate(dict(a)) for a in actions]))
+
+
 async def trigger(request: web.Request) -> web.Response:
     """Queue a run of a job (or a retry of a failed run)."""
     job = request.match_info["job"]
@@ -205,13 +232,13 @@ async def trigger(request: web.Request) -> web.Response:
     except ValidationError as error:
         first = error.errors()[0]
         raise BadRequest(f"body: {'.'.join(map(str, first['loc'])) or 'JSON'}: {first['msg']}") from None
-    command_id = await trigger_job(request, job, body.retry_of)
+    command_id = await trigger_job(request, job, body.retry_of, via="api")
     return _json(TriggerAccepted(command_id=command_id, job=job, trigger="retry" if body.retry_of else "manual"), status=202)
 
 
 # OpenAPI -------------------------------------------------------------------------------------------
 
-MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, TriggerAccepted, Error]
+MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, ActionList, TriggerAccepted, Error]
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -257,6 +284,11 @@ def openapi_document() -> dict[str, Any]:
             "/api/runs/{name}": {"get": {"operationId": "getRun", "summary": "One run with a page of its details", "parameters": [name, *details_query], "responses": _ok(RunPage)}},
             "/api/open_orders": {"get": {"operationId": "listOpenOrders", "summary": "Open orders", "parameters": orders_query, "responses": _ok(OrderList)}},
             "/api/jobs": {"get": {"operationId": "listJobs", "summary": "Jobs with schedule and latest run", "responses": _ok(JobList)}},
+            "/api/actions": {"get": {
+                "operationId": "listActions", "summary": "The audit trail: who did what, newest first",
+                "parameters": [_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": ACTIONS_MOST}, "Actions (default 50).")],
+                "responses": _ok(ActionList),
+            }},
             "/api/jobs/{job}/trigger": {"post": {
                 "operationId": "triggerJob", "summary": "Run a job now (or retry a failed run)", "parameters": [job],
                 "requestBody": {"required": False, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TriggerBody"}}}},

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -17,11 +17,11 @@ from services.contracts.nats import connect
 from services.contracts.subjects import close_nats
 from services.web.cache import PageCache
 from services.web.directory import WorkerDirectory
-from services.web.keys import DIRECTORY, FEED, METRICS, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
+from services.web.accounts import Authenticator, accounts_from
+from services.web.keys import AUTHENTICATOR, DIRECTORY, FEED, METRICS, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
 from services.web.live import RunFeed
 from services.web.metrics import Metrics
-from services.web.middleware import basic_auth, error_pages, same_origin_posts, security_headers
-from services.web.passwords import verify_password
+from services.web.middleware import authentication, error_pages, same_origin_posts, security_headers
 from services.web.present import install_filters
 from services.web.routes import setup_routes
 from services.web.settings import WebSettings
@@ -59,15 +59,17 @@ async def _nats(app: web.Application) -> AsyncIterator[None]:
     await close_nats(nc)
 
 
-def password_check(settings: WebSettings) -> Callable[[str], bool] | None:
-    """How a sign-in password is checked, or None when the web runs open."""
-    if settings.admin_password_hash is not None:
-        stored = settings.admin_password_hash.get_secret_value()
-        return lambda password: verify_password(password, stored)
-    if settings.admin_password is not None:
-        expected = settings.admin_password.get_secret_value().encode()
-        return lambda password: hmac.compare_digest(password.encode(), expected)
-    return None
+def authenticator(settings: WebSettings) -> Authenticator | None:
+    """The sign-in check for these settings' accounts, or None when the web runs open."""
+    if not settings.auth_enabled:
+        return None
+    secret = settings.admin_password.get_secret_value() if settings.admin_password else None
+    stored = settings.admin_password_hash.get_secret_value() if settings.admin_password_hash else None
+    return Authenticator(accounts_from(settings.web_users_file, secret, stored), failures_allowed=settings.web_login_failures)
+
+
+async def _stop_password_threads(app: web.Application) -> None:
+    app[AUTHENTICATOR].close()
 
 
 async def _close_streams(app: web.Application) -> None:
@@ -77,11 +79,8 @@ async def _close_streams(app: web.Application) -> None:
 def create_app(settings: WebSettings) -> web.Application:
     """The web app for these settings; Postgres and NATS are opened on startup."""
     metrics = Metrics()
-    middlewares = [metrics.middleware(), security_headers, error_pages]
-    check = password_check(settings)
-    if check is not None:
-        middlewares.append(basic_auth(check))
-    middlewares.append(same_origin_posts)
+    auth = authenticator(settings)
+    middlewares = [metrics.middleware(), security_headers, error_pages, authentication(auth), same_origin_posts]
     # Long query strings (up to 32 kB) reach the handlers, so they get a helpful 400, not the parser's.
     app = web.Application(
         middlewares=middlewares, client_max_size=64 * 1024, handler_args={"max_line_size": 32 * 1024},
@@ -92,6 +91,9 @@ def create_app(settings: WebSettings) -> web.Application:
     app[DIRECTORY] = WorkerDirectory(settings.worker_timeout)
     app[PAGE_CACHE] = PageCache(settings.page_cache_size)
     app.on_shutdown.append(_close_streams)
+    if auth is not None:
+        app[AUTHENTICATOR] = auth
+        app.on_cleanup.append(_stop_password_threads)
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -107,14 +109,35 @@ def create_app(settings: WebSettings) -> web.Application:
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
+    """The HTTPS context of JOBLOG_WEB_TLS_CERT/_KEY (None: plain HTTP); a file it cannot use stops the web."""
+    if settings.web_tls_cert is None or settings.web_tls_key is None:
+        if settings.auth_enabled and settings.web_host not in LOOPBACK:
+            log.warning("passwords travel in clear: HTTP Basic over plain HTTP on a non-loopback address",
+                        host=settings.web_host, fix="set JOBLOG_WEB_TLS_CERT and JOBLOG_WEB_TLS_KEY, or serve behind a TLS reverse proxy")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.web_tls_cert, settings.web_tls_key)
+    except (OSError, ssl.SSLError) as error:
+        log.error("cannot serve HTTPS with JOBLOG_WEB_TLS_CERT / JOBLOG_WEB_TLS_KEY",
+                  cert=str(settings.web_tls_cert), key=str(settings.web_tls_key), error=str(error))
+        raise SystemExit(2) from None
+    return context
+
+
 def serve(settings: WebSettings) -> None:
     """Serve until SIGTERM/SIGINT; without a password only on the loopback address."""
+    context = tls_context(settings)  # a certificate it cannot use stops the web before anything else is said
     if not settings.auth_enabled:
         if settings.web_host not in LOOPBACK:
             log.error("refusing to serve without a password on a public address", host=settings.web_host,
-                      fix="set JOBLOG_ADMIN_PASSWORD or JOBLOG_ADMIN_PASSWORD_HASH, or JOBLOG_WEB_HOST=127.0.0.1")
+                      fix="set JOBLOG_ADMIN_PASSWORD(_HASH) or JOBLOG_WEB_USERS_FILE, or JOBLOG_WEB_HOST=127.0.0.1")
             raise SystemExit(2)
-        log.warning("web is open: no JOBLOG_ADMIN_PASSWORD set, listening on the loopback address only")
-    log.info("web listening", url=f"http://{settings.web_host}:{settings.web_port}")
-    web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, print=None, access_log=None)
+        log.warning("web is open: no password or users file set, listening on the loopback address only")
+    scheme = "https" if context else "http"
+    log.info("web listening", url=f"{scheme}://{settings.web_host}:{settings.web_port}")
+    web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, ssl_context=context,
+                print=None, access_log=None)
     log.info("web stopped")

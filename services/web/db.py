@@ -187,3 +187,14 @@ async def runs_of_workers(conn: asyncpg.Connection, worker_ids: list[str], limit
             ORDER BY created_at DESC, id DESC LIMIT $2""",
         worker_ids, limit,
     )
+
+
+RECENT_ACTIONS = """
+SELECT event_id, occurred_at, actor, action, job, target, detail, source FROM actions
+ORDER BY occurred_at DESC, event_id DESC LIMIT $1
+"""
+
+
+async def recent_actions(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """The audit trail, newest first (the recorder writes it from action.* events)."""
+    return await conn.fetch(RECENT_ACTIONS, limit)

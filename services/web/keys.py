@@ -5,6 +5,7 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from services.web.accounts import Authenticator
 from services.web.cache import PageCache
 from services.web.directory import WorkerDirectory
 from services.web.live import RunFeed
@@ -18,3 +19,4 @@ DIRECTORY = web.AppKey("directory", WorkerDirectory)
 FEED = web.AppKey("feed", RunFeed)
 METRICS = web.AppKey("metrics", Metrics)
 PAGE_CACHE = web.AppKey("page_cache", PageCache)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)

@@ -1,8 +1,6 @@
 """Security headers, authentication, CSRF and error pages (never a bare 500 for bad input)."""
 from __future__ import annotations
 
-import base64
-import hmac
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -10,6 +8,7 @@ import aiohttp_jinja2
 import structlog
 from aiohttp import web
 
+from services.web.accounts import ACCOUNT, ANONYMOUS, Account, Authenticator, TooBusy, TooManyAttempts
 from services.web.errors import BadRequest, NotFound
 
 log = structlog.get_logger("joblog.web")
@@ -40,7 +39,7 @@ def error_response(request: web.Request, status: int, title: str, detail: str) -
     if wants_json(request):
         return web.json_response({"error": title, "detail": detail, "status": status}, status=status)
     response = aiohttp_jinja2.render_template(
-        "error.html", request, {"status": status, "title": title, "detail": detail}, status=status
+        "error.html", request, {"status": status, "title": title, "detail": detail, "account": request.get(ACCOUNT)}, status=status
     )
     return response
 
@@ -57,43 +56,53 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         if error.status < 400:
             raise
         response = error_response(request, error.status, error.reason, error.text or error.reason)
-        if "WWW-Authenticate" in error.headers:
-            response.headers["WWW-Authenticate"] = error.headers["WWW-Authenticate"]
+        for kept in ("WWW-Authenticate", "Retry-After"):
+            if kept in error.headers:
+                response.headers[kept] = error.headers[kept]
         return response
     except Exception:
         log.exception("unhandled error", path=request.path)
         return error_response(request, 500, "Internal error", "Something went wrong; the error was logged.")
 
 
-def basic_auth(check: Callable[[str], bool]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """HTTP Basic (user admin) on everything but the health checks; check(password) decides."""
-    # A hashed password is slow to check on purpose: remember the headers that passed.
-    accepted: set[str] = set()
+OPEN_PATHS = ("/healthz", "/readyz")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def authentication(auth: Authenticator | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """HTTP Basic on everything but the health checks (none when auth is None: the open loopback web);
+    every state-changing request (an action) needs the operator role."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in ("/healthz", "/readyz"):
+        if request.path in OPEN_PATHS:
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        if header not in accepted:
-            if not (header.startswith("Basic ") and _admin_password_ok(header[6:].strip(), check)):
-                raise web.HTTPUnauthorized(
-                    headers={"WWW-Authenticate": 'Basic realm="joblog", charset="UTF-8"'},
-                    text="Authentication required: sign in as admin.",
-                )
-            if len(accepted) < 100:
-                accepted.add(header)
+        if auth is None:
+            account: Account | None = ANONYMOUS
+        else:
+            try:
+                account = await auth.authenticate(request.headers.get("Authorization", ""), request.remote or "unknown")
+            except TooManyAttempts as refused:
+                raise web.HTTPTooManyRequests(
+                    headers={"Retry-After": str(refused.retry_after)},
+                    text=f"Too many failed sign-ins from your address; try again in {refused.retry_after} s.",
+                ) from None
+            except TooBusy:
+                raise web.HTTPServiceUnavailable(
+                    headers={"Retry-After": "1"}, text="Too many sign-ins are being checked right now; try again in a moment.",
+                ) from None
+        if account is None:
+            raise web.HTTPUnauthorized(
+                headers={"WWW-Authenticate": 'Basic realm="joblog", charset="UTF-8"'},
+                text="Authentication required: sign in with your joblog account.",
+            )
+        request[ACCOUNT] = account
+        if request.method not in SAFE_METHODS and not account.can_act:
+            log.info("action refused to a viewer", account=account.name, path=request.path, remote=request.remote)
+            raise web.HTTPForbidden(text=f"Your account {account.name} is a viewer: it can look, not act. Ask an operator.")
         return await handler(request)
 
     return middleware
-
-
-def _admin_password_ok(encoded: str, check: Callable[[str], bool]) -> bool:
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return hmac.compare_digest(user.encode(), b"admin") and check(password)
 
 
 @web.middleware
@@ -110,4 +119,4 @@ async def same_origin_posts(request: web.Request, handler: Handler) -> web.Strea
     return await handler(request)
 
 
-__all__ = ["basic_auth", "error_pages", "same_origin_posts", "security_headers", "BadRequest", "NotFound"]
+__all__ = ["authentication", "error_pages", "same_origin_posts", "security_headers", "BadRequest", "NotFound"]

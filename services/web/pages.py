@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.contracts.statuses import STATUSES
 from services.web import db, params, queries
+from services.web.accounts import account_of
 from services.web.keys import DIRECTORY, PAGE_CACHE, SETTINGS
 
 
@@ -22,7 +23,10 @@ async def page_key(request: web.Request) -> tuple[Any, ...]:
     directory = request.app[DIRECTORY]
     alive = tuple(beat.worker_id for beat in directory.online())
     stopped = tuple(stop.worker_id for stop in directory.stopped())
-    return (request.path_qs, version, alive, stopped)
+    account = account_of(request)
+    # The header names the account and only operators see the action buttons: a page per account.
+    who = (account.name, account.role) if account else None
+    return (request.path_qs, version, alive, stopped, who)
 
 
 async def cached(request: web.Request, template: str, load: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
@@ -30,7 +34,7 @@ async def cached(request: web.Request, template: str, load: Callable[[], Awaitab
     key = await page_key(request)
 
     async def render() -> bytes:
-        response = aiohttp_jinja2.render_template(template, request, await load())
+        response = aiohttp_jinja2.render_template(template, request, {**await load(), "account": account_of(request)})
         assert isinstance(response.body, bytes)
         return response.body
 
@@ -79,10 +83,10 @@ async def run_detail(request: web.Request) -> web.Response:
 async def open_orders(request: web.Request) -> dict[str, Any]:
     """Open orders as the last sync left them."""
     data = await queries.open_orders(request.app, params.orders_filter(request, db.ORDER_SORTS))
-    return {**data, "q": data["search"] or "", "sorts": db.ORDER_SORTS}
+    return {**data, "q": data["search"] or "", "sorts": db.ORDER_SORTS, "account": account_of(request)}
 
 
 @aiohttp_jinja2.template("monitor.html")
 async def monitor(request: web.Request) -> dict[str, Any]:
     """The Jobs Monitor: jobs, workers, stalled runs, recorder health."""
-    return {**await queries.monitor(request.app), "notice": params.notice(request)}
+    return {**await queries.monitor(request.app), "notice": params.notice(request), "account": account_of(request)}

@@ -16,6 +16,7 @@ from aiohttp import web
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN
 from services.contracts.statuses import STATUSES
 from services.web.errors import BadRequest, NotFound
+from services.web.present import NOTICES
 
 JOB_PATTERN = re.compile(TOKEN_PATTERN)
 NAME_PATTERN = re.compile(RUN_NAME_PATTERN)
@@ -129,6 +130,17 @@ def orders_filter(request: web.Request, sorts: tuple[str, ...] | dict[str, Any])
     return {"sort": sort, "dir": direction, "search": search(request), "page": page(request)}
 
 
+NOTICE_VALUES = {"job": JOB_PATTERN, "run": NAME_PATTERN, "before": re.compile(r"^\d{4}-\d{2}-\d{2}$")}
+
+
 def notice(request: web.Request) -> str:
-    """?notice=, the one-line message a redirect after an action carries."""
-    return request.query.get("notice", "")[:200]
+    """?notice=<key>: one of the fixed messages (present.NOTICES) a redirect after an action names, with its
+    checked values; an unknown key or a value that does not fit shows nothing (never text from the URL)."""
+    found = NOTICES.get(request.query.get("notice", ""))
+    if found is None:
+        return ""
+    text, names = found
+    values = {name: request.query.get(name, "") for name in names}
+    if not all(NOTICE_VALUES[name].fullmatch(value) for name, value in values.items()):
+        return ""
+    return text.format(**values)

@@ -1,6 +1,7 @@
-"""The admin password as a salted PBKDF2 hash, so deployment config need not hold it in clear.
+"""Passwords as salted PBKDF2 hashes, so deployment config need not hold them in clear.
 
-    python -m services.web.passwords      # asks for a password, prints JOBLOG_ADMIN_PASSWORD_HASH
+    python -m services.web.passwords      # asks for a password, prints its hash for
+                                          # JOBLOG_ADMIN_PASSWORD_HASH or a users file line
 """
 from __future__ import annotations
 
@@ -39,4 +40,4 @@ def verify_password(password: str, stored: str) -> bool:
 if __name__ == "__main__":
     import getpass
 
-    print(hash_password(getpass.getpass("Admin password: ")))
+    print(hash_password(getpass.getpass("Password: ")))

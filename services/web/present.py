@@ -136,6 +136,37 @@ def epoch_ms(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(milliseconds=1)
 
 
+# The only messages a page's notice box shows: a redirect after an action names one by its key,
+# with the values it needs (checked by params.notice); an unknown key shows nothing.
+NOTICES = {
+    "triggered": ("Triggered {job}. The new run appears in the job logs in a moment.", ("job",)),
+    "retried": ("Triggered {job} again (retry of run {run}). The new run appears in the job logs in a moment.", ("job", "run")),
+    "run_deleted": ("Run {run} is being deleted.", ("run",)),
+    "runs_deleted": ("Runs created before {before} are being deleted.", ("before",)),
+}
+
+ACTION_LABELS = {
+    "trigger": "Run now", "retry": "Retry", "delete_runs": "Delete run", "delete_before": "Delete runs before",
+    "pause": "Pause", "resume": "Resume", "cancel": "Cancel", "bulk_retry": "Retry several",
+}
+
+
+def present_action(row: asyncpg.Record) -> Row:
+    """An audit trail entry with its label and where it points (the run retried, the job run; deleted runs nowhere)."""
+    data = Row(row)
+    if isinstance(data.get("detail"), str):
+        data["detail"] = json.loads(data["detail"])
+    data["label"] = ACTION_LABELS.get(data["action"], data["action"])
+    target, job = data["target"], data["job"]
+    if data["action"] == "retry" and target:
+        data["url"] = f"/runs/{target}"
+    elif job:
+        data["url"] = f"/?job={job}"
+    else:
+        data["url"] = None
+    return data
+
+
 def _live_duration(run: asyncpg.Record) -> int | None:
     """The duration the job reported; else from start to finish (a worker-lost run), or so far (processing)."""
     if run["duration_ms"] is not None:

@@ -17,7 +17,7 @@ from services.web import db
 from services.web.errors import NotFound
 from services.web.keys import DIRECTORY, NATS_CONNECTION, POOL, SETTINGS
 from services.web.params import encode_cursor
-from services.web.present import Row, present_run, run_state
+from services.web.present import Row, present_action, present_run, run_state
 
 log = structlog.get_logger("joblog.web")
 
@@ -25,6 +25,7 @@ ORDERS_PER_PAGE = 50
 DETAILS_PER_PAGE = 500
 # The most rows one live stream replays at (re)connection; a page further behind reloads.
 REPLAY_LIMIT = 2000
+ACTIONS_ON_MONITOR = 20
 
 
 async def list_runs(app: web.Application, filters: dict[str, Any], limit: int) -> tuple[list[Row], str | None]:
@@ -197,7 +198,14 @@ async def monitor(app: web.Application) -> dict[str, Any]:
         "stopped": directory.stopped(),
         "stalled": [present_run(r, directory) for r in processing if run_state(r, directory) == "stalled"],
         "health": await recorder_health(app),
+        "actions": await recent_actions(app, ACTIONS_ON_MONITOR),
     }
+
+
+async def recent_actions(app: web.Application, limit: int) -> list[Row]:
+    """The audit trail: who did what, newest first."""
+    async with app[POOL].acquire() as conn:
+        return [present_action(row) for row in await db.recent_actions(conn, limit)]
 
 
 async def runs_by_status(app: web.Application) -> dict[str, int]:

@@ -28,6 +28,7 @@ def setup_routes(app: web.Application, static: Path) -> None:
     app.router.add_get("/api/runs/{name}", api.get_run)
     app.router.add_get("/api/open_orders", api.list_open_orders)
     app.router.add_get("/api/jobs", api.list_jobs)
+    app.router.add_get("/api/actions", api.list_actions)
     app.router.add_post("/api/jobs/{job}/trigger", api.trigger)
     app.router.add_get("/api/openapi.json", api.openapi)
 

@@ -1,7 +1,9 @@
 """Web settings (JOBLOG_* variables)."""
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pathlib import Path
+
+from pydantic import Field, FilePath, SecretStr, ValidationInfo, field_validator
 
 from services.contracts.settings import CommonSettings
 
@@ -17,6 +19,14 @@ class WebSettings(CommonSettings):
     admin_password_hash: SecretStr | None = Field(
         None, description=f"Instead of the password itself: {PASSWORD_HASH_HELP} (make one with `python -m services.web.passwords`).",
     )
+    web_users_file: Path | None = Field(
+        None, description="Accounts, one name:role:hash a line (role viewer or operator; # comments); with or instead of admin.",
+    )
+    web_login_failures: int = Field(
+        10, ge=1, le=1_000_000, description="Failed sign-ins one client address may make per minute before it gets 429.",
+    )
+    web_tls_cert: FilePath | None = Field(None, description="PEM certificate (chain): the web serves HTTPS itself.")
+    web_tls_key: FilePath | None = Field(None, validate_default=True, description="PEM private key of JOBLOG_WEB_TLS_CERT.")
     worker_timeout: float = Field(30.0, gt=0, description="Seconds without heartbeat before a worker counts as lost.")
     page_size: int = Field(50, ge=5, le=500, description="Runs per index page.")
     page_cache_size: int = Field(
@@ -33,6 +43,30 @@ class WebSettings(CommonSettings):
             parse_hash(value.get_secret_value())
         return value
 
+    @field_validator("web_users_file")
+    @classmethod
+    def _readable_users(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            from services.web.accounts import read_users_file
+
+            names = {account.name for account in read_users_file(value)}  # a UsersFileError (a ValueError) names the line
+            if "admin" in names and (info.data.get("admin_password") or info.data.get("admin_password_hash")):
+                raise ValueError("admin is in the users file and also set by JOBLOG_ADMIN_PASSWORD(_HASH); keep one")
+        return value
+
+    @field_validator("web_tls_key")
+    @classmethod
+    def _cert_and_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if "web_tls_cert" not in info.data:
+            return value  # the certificate itself was refused; that error is the one to show
+        if (value is None) != (info.data["web_tls_cert"] is None):
+            raise ValueError("set both JOBLOG_WEB_TLS_CERT and JOBLOG_WEB_TLS_KEY, or neither")
+        return value
+
     @property
     def auth_enabled(self) -> bool:
-        return self.admin_password is not None or self.admin_password_hash is not None
+        return self.admin_password is not None or self.admin_password_hash is not None or self.web_users_file is not None
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.web_tls_cert is not None

@@ -23,3 +23,8 @@ def test_what_identifies_the_endpoint_stays():
     shown = redact("failed: http://svc:s3cret@erp.internal:8080/api/orders?page=2&api_key=K")
     assert shown == "failed: http://***@erp.internal:8080/api/orders?page=2&api_key=***"
     assert redact("no secrets here: http://erp/api?page=2") == "no secrets here: http://erp/api?page=2"
+
+
+def test_punctuation_after_a_url_stays_outside_it():
+    shown = redact("orders API failed (GET http://svc:pw@erp/api?page=1&api_key=K): 500 Internal Server Error")
+    assert shown == "orders API failed (GET http://***@erp/api?page=1&api_key=***): 500 Internal Server Error"

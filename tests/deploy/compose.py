@@ -40,7 +40,11 @@ def merge(base: Any, override: Any, key: str = "") -> Any:
         for name, value in override.items():
             out[name] = merge(base[name], value, name) if name in base else value
         return out
-    if key in ("ports", "volumes") and isinstance(base, list) and isinstance(override, list):
+    if key == "volumes" and isinstance(base, list) and isinstance(override, list):
+        # Keyed by the mount point: an override's volume for the same path replaces the base's.
+        targets = {item.split(":")[1] for item in override}
+        return [item for item in base if item.split(":")[1] not in targets] + override
+    if key == "ports" and isinstance(base, list) and isinstance(override, list):
         return base + [item for item in override if item not in base]
     return override
 
@@ -103,7 +107,10 @@ def config(env: dict[str, str], *files: Path) -> dict[str, Any]:
 
 
 def service_environment(cfg: dict[str, Any], service: str, dotenv: dict[str, str]) -> dict[str, str]:
-    """What a container of this service gets: its env_file(s), then `environment:` over them."""
+    """What a container of this service gets: its env_file(s), then `environment:` over them.
+
+    A name without a value (`JOBLOG_LOG_LEVEL:`) passes the value compose knows (.env, here
+    dotenv), or nothing when it has none."""
     spec = cfg["services"][service]
     out: dict[str, str] = {}
     env_files = spec.get("env_file", [])
@@ -112,7 +119,11 @@ def service_environment(cfg: dict[str, Any], service: str, dotenv: dict[str, str
     environment = spec.get("environment", {})
     if isinstance(environment, list):
         environment = dict(item.split("=", 1) for item in environment)
-    out.update({key: str(value) for key, value in environment.items()})
+    for key, value in environment.items():
+        if value is not None:
+            out[key] = str(value)
+        elif key in dotenv:
+            out[key] = dotenv[key]
     return out
 
 

@@ -9,6 +9,7 @@ import argparse
 import os
 import re
 from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -28,7 +29,9 @@ SETTINGS_OF_COMMAND: dict[str, type[CommonSettings]] = {
 APP_SERVICES = ("migrate", "sync_worker", "log_recorder", "web")
 LONG_RUNNING = ("sync_worker", "log_recorder", "web")
 # What a user writes into deploy/.env (the two required values), over .env.example.
-SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "JOBLOG_ADMIN_PASSWORD": "admin-secret"}
+NATS_ROLES = {"ADMIN": "migrate", "WORKER": "sync_worker", "RECORDER": "log_recorder", "WEB": "web", "CONSUMER": None}
+NATS_SECRETS = {f"NATS_{role}_PASSWORD": f"n{role.lower()}pw{len(role)}" for role in NATS_ROLES}
+SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "JOBLOG_ADMIN_PASSWORD": "admin-secret", **NATS_SECRETS}
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -65,18 +68,62 @@ def test_every_service_command_and_healthcheck_is_a_real_joblog_subcommand(files
             assert test[2] in known, f"{name}'s healthcheck runs an unknown subcommand {test[2]}"
 
 
-def test_the_image_is_one_slim_non_root_image_with_joblog_as_entrypoint():
+def test_the_image_is_one_slim_non_root_image_built_once_from_the_lock():
     dockerfile = (compose.DEPLOY / "Dockerfile").read_text(encoding="utf-8")
-    base = re.search(r"^FROM python:(\d+)\.(\d+)-slim", dockerfile, flags=re.M)
-    assert base and (int(base[1]), int(base[2])) >= (3, 11)
+    base = re.search(r"^ARG PYTHON_IMAGE=python:(\d+)\.(\d+)-slim$", dockerfile, flags=re.M)
+    assert base and (int(base[1]), int(base[2])) >= (3, 11), "the official slim image is the default base"
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", dockerfile, flags=re.M)
     assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.M)
-    assert re.search(r"^RUN pip install \.( |$)", dockerfile, flags=re.M), "installs without the [local] extras"
+    assert "--require-hashes" in dockerfile and "requirements/service.txt" in dockerfile, "installs from the lock"
+    assert re.search(r"^RUN pip install --no-deps --no-build-isolation \.( |$)", dockerfile, flags=re.M), \
+        "installs joblog itself without the [local] extras and without resolving anything"
+    assert "useradd --system" not in dockerfile, "a system uid of 10001 makes useradd warn"
     assert 'ENTRYPOINT ["joblog"]' in dockerfile
     services = config()["services"]
     images = {services[name]["image"] for name in APP_SERVICES}
     assert len(images) == 1, "one image for all services"
-    for name in APP_SERVICES:
-        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+    builders = [name for name in APP_SERVICES if "build" in services[name]]
+    assert builders == ["migrate"], "built once: four builds of one tag race and recreate every service"
+    assert services["migrate"]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert all(services[name]["pull_policy"] == "never" for name in APP_SERVICES if name not in builders)
+
+
+def test_base_images_are_variables_defaulting_to_the_official_ones():
+    services = config(compose.COMPOSE, compose.CLUSTER)["services"]
+    assert services["postgres"]["image"] == "postgres:17-alpine"
+    assert {services[name]["image"] for name in ("nats", "nats-2", "nats-3")} == {"nats:2.10-alpine"}
+    assert services["migrate"]["build"]["args"]["PYTHON_IMAGE"] == "python:3.12-slim"
+    local = {"PYTHON_IMAGE": "local/python:3", "NATS_IMAGE": "local/nats:2.10", "POSTGRES_IMAGE": "local/postgres:17"}
+    services = compose.config({**dotenv(), **local}, compose.COMPOSE, compose.CLUSTER)["services"]
+    assert services["postgres"]["image"] == "local/postgres:17"
+    assert {services[name]["image"] for name in ("nats", "nats-2", "nats-3")} == {"local/nats:2.10"}
+    assert services["migrate"]["build"]["args"]["PYTHON_IMAGE"] == "local/python:3"
+
+
+@pytest.mark.parametrize("files", [(compose.COMPOSE,), (compose.COMPOSE, compose.CLUSTER)], ids=["single", "cluster"])
+def test_each_secret_reaches_only_the_containers_that_need_it(files):
+    cfg = config(*files)
+    for name, service in cfg["services"].items():
+        assert "env_file" not in service, f"{name}: env_file would hand every variable of .env to it"
+        given = compose.service_environment(cfg, name, dotenv())
+        values = " ".join(str(value) for value in given.values())
+        assert (SECRETS["JOBLOG_ADMIN_PASSWORD"] in values) == (name == "web"), name
+        uses_database = name in APP_SERVICES or name == "postgres"
+        assert (SECRETS["POSTGRES_PASSWORD"] in values) == uses_database, name
+        # Each NATS password: the NATS nodes (they check it) and the one service of that role.
+        for role, service_of_role in NATS_ROLES.items():
+            expected = name.startswith("nats") or name == service_of_role
+            assert (NATS_SECRETS[f"NATS_{role}_PASSWORD"] in values) == expected, (name, role)
+
+
+def test_the_web_takes_the_hash_instead_of_the_password():
+    example = compose.read_dotenv(compose.ENV_EXAMPLE)
+    hashed = "pbkdf2_sha256$1000$salt$aGFzaA=="
+    only_hash = {**example, **NATS_SECRETS, "POSTGRES_PASSWORD": "pg", "JOBLOG_ADMIN_PASSWORD_HASH": hashed}
+    only_hash.pop("JOBLOG_ADMIN_PASSWORD", None)
+    cfg = compose.config(only_hash)
+    env = compose.service_environment(cfg, "web", only_hash)
+    assert env["JOBLOG_ADMIN_PASSWORD_HASH"] == hashed and "JOBLOG_ADMIN_PASSWORD" not in env
 
 
 @pytest.mark.parametrize("files", [(compose.COMPOSE,), (compose.COMPOSE, compose.CLUSTER)], ids=["single", "cluster"])
@@ -110,12 +157,12 @@ def test_env_example_lists_every_setting_and_every_variable_compose_needs():
     assert needed <= documented, f"compose interpolates undocumented {sorted(needed - documented)}"
 
 
-def test_the_deployment_refuses_to_start_without_its_passwords():
+def test_the_deployment_refuses_to_start_without_the_postgres_password():
     example = compose.read_dotenv(compose.ENV_EXAMPLE)
-    for required in SECRETS:
-        with pytest.raises(compose.MissingVariable, match=required):
-            compose.config({**example, **SECRETS, required: ""})
-    assert config()["services"]["web"]["environment"]["JOBLOG_ADMIN_PASSWORD"] == SECRETS["JOBLOG_ADMIN_PASSWORD"]
+    with pytest.raises(compose.MissingVariable, match="POSTGRES_PASSWORD"):
+        compose.config({**example, **SECRETS, "POSTGRES_PASSWORD": ""})
+    web = compose.service_environment(config(), "web", dotenv())
+    assert web["JOBLOG_ADMIN_PASSWORD"] == SECRETS["JOBLOG_ADMIN_PASSWORD"]
 
 
 def test_web_port_and_healthcheck_are_what_the_web_serves():
@@ -133,19 +180,32 @@ def test_web_port_and_healthcheck_are_what_the_web_serves():
     assert ("GET", "/readyz") in routes
 
 
+def nats_config_of(service: dict[str, Any]) -> str:
+    """The nats-server configuration a NATS service runs with: the file compose mounts at its -c path."""
+    command = command_of(service)
+    path = command[command.index("-c") + 1]
+    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in service["volumes"]]
+    source = next(m.split(":")[0] for m in mounts if m.split(":")[1] == path)
+    return (compose.DEPLOY / source).read_text() if not Path(source).is_absolute() else Path(source).read_text()
+
+
 def test_nats_and_postgres_healthchecks_probe_what_they_serve():
     cfg = config()
     nats, postgres = cfg["services"]["nats"], cfg["services"]["postgres"]
     command = command_of(nats)
-    assert "-js" in command and command[command.index("-sd") + 1] == "/data"
-    assert any(volume.endswith(":/data") for volume in nats["volumes"])
-    monitor = command[command.index("-m") + 1]
+    served = nats_config_of(nats)
+    assert "jetstream: enabled" in served and command[command.index("-sd") + 1] == "/data"
+    assert "authorization {" in served, "NATS runs with its users and permissions"
+    assert any(volume.endswith(":/data") for volume in (v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in nats["volumes"]))
+    monitor = re.search(r"^http_port: (\d+)$", served, re.MULTILINE).group(1)  # type: ignore[union-attr]
     assert f"127.0.0.1:{monitor}/healthz?js-enabled-only=true" in " ".join(nats["healthcheck"]["test"])
     dsn = urlsplit(cfg["services"]["sync_worker"]["environment"]["JOBLOG_DATABASE_URL"])
     assert dsn.hostname == "postgres" and dsn.path == f"/{postgres['environment']['POSTGRES_DB']}"
     assert dsn.username == postgres["environment"]["POSTGRES_USER"] and dsn.password == SECRETS["POSTGRES_PASSWORD"]
     probe = postgres["healthcheck"]["test"]
     assert probe[1] == "pg_isready" and dsn.username in probe and postgres["environment"]["POSTGRES_DB"] in probe
+    # Over TCP: the socket answers during the image's first-start init, before the real server runs.
+    assert probe[probe.index("-h") + 1] == "127.0.0.1"
     assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
     assert urlsplit(cfg["services"]["web"]["environment"]["JOBLOG_NATS_URL"]).hostname == "nats"
 
@@ -154,8 +214,9 @@ def test_nats_and_postgres_healthchecks_probe_what_they_serve():
 def test_services_start_in_a_sane_order_and_restart_sensibly(files):
     services = config(*files)["services"]
     migrate = services["migrate"]
-    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    assert migrate["restart"] == "no"
+    # migrate creates the streams too (as the NATS admin): it waits for both servers.
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}, "nats": {"condition": "service_healthy"}}
+    assert migrate["restart"].startswith("on-failure")
     for name in LONG_RUNNING:
         depends = services[name]["depends_on"]
         assert depends["migrate"] == {"condition": "service_completed_successfully"}
@@ -196,12 +257,12 @@ def test_the_cluster_variant_runs_three_jetstream_nodes_and_replicates_the_strea
     assert {option(c, "--cluster_name") for c in nodes.values()} == {"joblog"}
     cluster_port = urlsplit(option(next(iter(nodes.values())), "--cluster")).port
     for name, command in nodes.items():
-        assert "-js" in command and option(command, "-sd") == "/data"
+        assert "jetstream: enabled" in nats_config_of(services[name]) and option(command, "-sd") == "/data"
         routes = {urlsplit(route).hostname for route in option(command, "--routes").split(",")}
         assert routes == set(nodes), f"{name} does not route to every node"
         assert {urlsplit(route).port for route in option(command, "--routes").split(",")} == {cluster_port}
-    volumes = [volume for name in nodes for volume in services[name]["volumes"]]
-    assert len({volume.split(":")[0] for volume in volumes}) == 3, "each node keeps its own store"
+    stores = [volume for name in nodes for volume in services[name]["volumes"] if volume.split(":")[1] == "/data"]
+    assert len({volume.split(":")[0] for volume in stores}) == 3, "each node keeps its own store"
     for name in LONG_RUNNING:
         env = services[name]["environment"]
         assert {urlsplit(url).hostname for url in env["JOBLOG_NATS_URL"].split(",")} == set(nodes)

@@ -164,3 +164,31 @@ async def _or_none(coroutine: Any) -> Any:
         return await coroutine
     except Exception:
         return None
+
+
+async def test_joblog_trigger_goes_through_while_the_commands_stream_elects_a_new_leader(cluster, subjects):
+    urls = ",".join(node.url for node in cluster.values())
+    nc = await nats.connect(servers=urls.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        await eventually(lambda: streams_ready(nc, subjects), timeout=60, interval=0.2)
+        commands = next(config.name for config in subjects.stream_configs() if config.name.endswith("_COMMANDS"))
+        js = nc.jetstream(timeout=5)
+        leader = await eventually(lambda: _or_none(_leader(js, commands)), timeout=30, interval=0.2)
+        env = {"JOBLOG_NATS_URL": urls, "JOBLOG_STREAM": subjects.stream, "JOBLOG_SUBJECT_PREFIX": subjects.prefix,
+               "JOBLOG_STREAM_REPLICAS": str(REPLICAS)}
+        cluster[leader].kill()
+        # At once, while the stream has no leader: it retries instead of a NoStreamResponseError traceback.
+        base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "joblog", "trigger", "sync_open_orders"],
+                                       env={**base, **env}, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("triggered sync_open_orders") and "Traceback" not in done.stderr
+        info = await eventually(lambda: _or_none(js.stream_info(commands)), timeout=30, interval=0.5)
+        assert info.state.messages == 1 and info.cluster.leader != leader
+    finally:
+        await close_nats(nc)
+
+
+async def _leader(js: Any, stream: str) -> str | None:
+    info = await js.stream_info(stream)
+    return info.cluster.leader if info.cluster else None

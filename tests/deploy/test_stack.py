@@ -1,4 +1,4 @@
-"""The compose deployment as separate OS processes, and (where Docker runs) as real containers.
+"""The compose deployment as separate OS processes (the real containers: test_day.py, `make deploy-test`).
 
 The processes get exactly the environment deploy/docker-compose.yml gives each service, with
 only the addresses swapped for this test's NATS, Postgres, names and a free web port.
@@ -6,11 +6,8 @@ only the addresses swapped for this test's NATS, Postgres, names and a free web 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +34,8 @@ PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
 
 def stack_environment(service: str, overrides: dict[str, str]) -> dict[str, str]:
     """The service's environment from the compose files, with the test's addresses swapped in."""
-    dotenv = {**compose.read_dotenv(compose.ENV_EXAMPLE), "POSTGRES_PASSWORD": "unused", "JOBLOG_ADMIN_PASSWORD": PASSWORD}
+    nats = {f"NATS_{role}_PASSWORD": "unused" for role in ("ADMIN", "WORKER", "RECORDER", "WEB", "CONSUMER")}
+    dotenv = {**compose.read_dotenv(compose.ENV_EXAMPLE), **nats, "POSTGRES_PASSWORD": "unused", "JOBLOG_ADMIN_PASSWORD": PASSWORD}
     cfg = compose.config(dotenv)
     env = compose.service_environment(cfg, service, dotenv)
     for key, value in overrides.items():
@@ -176,10 +174,8 @@ async def test_the_compose_services_as_processes_run_jobs_and_serve_the_pages(
 
     codes = stack.stop()
     assert all(code == 0 for code in codes.values()), codes
-    # JOBLOG_LOG_FORMAT=json (compose's): every line every service wrote is one JSON object.
+    # JOBLOG_LOG_FORMAT=json (compose's): every line every service wrote is one JSON object, migrate's too.
     for name in stack.processes:
-        if name == "migrate":
-            continue
         records = [json.loads(line) for line in stack.log_lines(name)]
         assert records and all({"event", "level", "timestamp"} <= set(r) for r in records), name
     worker_records = [json.loads(line) for name in stack.processes if name.startswith("sync_worker") for line in stack.log_lines(name)]
@@ -202,63 +198,4 @@ async def _finished_runs(http: aiohttp.ClientSession, base: str, auth: aiohttp.B
     return await eventually(finished, timeout=60)
 
 
-def docker_engine() -> str | None:
-    """Why the real compose stack cannot run here, or None when it can."""
-    if shutil.which("docker") is None:
-        return "no docker command on this machine"
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception as error:
-        return f"no Docker engine reachable ({type(error).__name__}: {str(error)[:120]})"
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
-        return "the docker compose plugin is not installed"
-    return None
-
-
-def test_the_real_compose_stack_runs_a_job_and_serves_the_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    reason = docker_engine()
-    if reason:
-        pytest.skip(f"needs a Docker engine to build and run deploy/docker-compose.yml: {reason}")
-    import urllib.request
-
-    from testcontainers.compose import DockerCompose
-
-    # Its own project: `down -v` at the end must never touch a real deployment's volumes.
-    project = f"joblog-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("COMPOSE_PROJECT_NAME", project)
-    web_port = free_port()
-    env_file = compose.DEPLOY / ".env"
-    created = not env_file.exists()
-    if created:  # compose reads deploy/.env (env_file: .env); the user's own is left alone
-        env_file.write_text(compose.ENV_EXAMPLE.read_text().replace("POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=pgsecret\n")
-                            .replace("JOBLOG_ADMIN_PASSWORD=\n", f"JOBLOG_ADMIN_PASSWORD={PASSWORD}\n"))
-    overrides = tmp_path / "test.env"
-    overrides.write_text(f"COMPOSE_PROJECT_NAME={project}\nWEB_PUBLISHED_PORT={web_port}\nNATS_PUBLISHED_PORT={free_port()}\n"
-                         f"NATS_MONITOR_PORT={free_port()}\n" + env_file.read_text())
-    stack = DockerCompose(compose.DEPLOY, compose_file_name="docker-compose.yml", build=True, wait=True,
-                          env_file=str(overrides))
-    try:
-        stack.start()
-        base = f"http://127.0.0.1:{web_port}"
-        password = compose.read_dotenv(env_file)["JOBLOG_ADMIN_PASSWORD"]
-        token = base64.b64encode(f"admin:{password}".encode()).decode()
-
-        def get(path: str) -> tuple[int, str]:
-            request = urllib.request.Request(base + path, headers={"Authorization": f"Basic {token}"})
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read().decode()
-
-        assert get("/readyz")[0] == 200
-        stack.exec_in_container(["joblog", "trigger", JOB], service_name="sync_worker")
-
-        async def finished() -> bool:
-            return bool(re.search(r'"status":\s*"success"', get("/api/runs")[1]))
-
-        asyncio.run(eventually(finished, timeout=120))
-        assert get("/")[0] == 200 and get("/open_orders")[0] == 200
-    finally:
-        stack.stop()
-        if created:
-            env_file.unlink()
+# The real compose stack on a Docker engine: tests/deploy/test_day.py (`make deploy-test`).

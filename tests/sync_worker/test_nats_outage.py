@@ -12,7 +12,8 @@ from services.contracts import parse_event
 from services.contracts.subjects import close_nats
 from services.log_recorder.main import run as run_recorder
 from services.log_recorder.settings import RecorderSettings
-from services.sync_worker.main import run as run_worker, send_trigger
+from joblog.trigger import send_trigger
+from services.sync_worker.main import run as run_worker
 from services.sync_worker.sources.sample import generate_orders
 from tests.conftest import eventually
 from tests.sync_worker.conftest import OrdersApi, details_of, finished_runs, paged

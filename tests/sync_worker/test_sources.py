@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 
 from services.log_recorder.main import run as run_recorder
-from services.sync_worker.main import run as run_worker, send_trigger
+from joblog.trigger import send_trigger
+from services.sync_worker.main import run as run_worker
 from services.sync_worker.settings import WorkerSettings
 from services.sync_worker.sources import open_source
 from services.sync_worker.sources.sample import generate_orders, write_csv

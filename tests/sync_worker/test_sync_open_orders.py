@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from services.log_recorder.main import run as run_recorder
-from services.sync_worker.main import run as run_worker, send_trigger
+from joblog.trigger import send_trigger
+from services.sync_worker.main import run as run_worker
 from services.sync_worker.sources.sample import generate_orders, write_csv
 from tests.conftest import eventually
 
