@@ -25,6 +25,10 @@ class WebSettings(CommonSettings):
     web_login_failures: int = Field(
         10, ge=1, le=1_000_000, description="Failed sign-ins one client address may make per minute before it gets 429.",
     )
+    web_open: bool = Field(
+        False, validate_default=True,
+        description="Serve the pages without any password on a non-loopback address (refused unless set).",
+    )
     web_tls_cert: FilePath | None = Field(None, description="PEM certificate (chain): the web serves HTTPS itself.")
     web_tls_key: FilePath | None = Field(None, validate_default=True, description="PEM private key of JOBLOG_WEB_TLS_CERT.")
     worker_timeout: float = Field(30.0, gt=0, description="Seconds without heartbeat before a worker counts as lost.")
@@ -52,6 +56,18 @@ class WebSettings(CommonSettings):
             names = {account.name for account in read_users_file(value)}  # a UsersFileError (a ValueError) names the line
             if "admin" in names and (info.data.get("admin_password") or info.data.get("admin_password_hash")):
                 raise ValueError("admin is in the users file and also set by JOBLOG_ADMIN_PASSWORD(_HASH); keep one")
+        return value
+
+    @field_validator("web_open")
+    @classmethod
+    def _no_open_web_by_accident(cls, value: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("web_host", "127.0.0.1")
+        signed = any(info.data.get(name) for name in ("admin_password", "admin_password_hash", "web_users_file"))
+        if not value and not signed and host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"the web would listen on {host} with no password: set JOBLOG_ADMIN_PASSWORD(_HASH) or "
+                "JOBLOG_WEB_USERS_FILE, or JOBLOG_WEB_OPEN=true to serve it open on purpose"
+            )
         return value
 
     @field_validator("web_tls_key")

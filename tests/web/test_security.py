@@ -126,3 +126,19 @@ def test_without_a_password_the_web_only_serves_on_the_loopback_address(web_sett
 
     with pytest.raises(SystemExit):
         serve(web_settings.model_copy(update={"web_host": "0.0.0.0"}))
+
+
+def test_the_web_refuses_to_listen_beyond_loopback_without_a_password_unless_told_to():
+    import os
+    import subprocess
+    import sys
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("JOBLOG_")}, "JOBLOG_WEB_HOST": "0.0.0.0"}
+    done = subprocess.run([sys.executable, "-m", "joblog", "web"], env=env, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("joblog: invalid setting JOBLOG_WEB_OPEN:") and "no password" in lines[0]
+    from services.web.settings import WebSettings
+
+    assert WebSettings(web_host="0.0.0.0", web_open=True).web_open
+    assert WebSettings(web_host="0.0.0.0", admin_password="pw").auth_enabled
