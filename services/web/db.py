@@ -166,6 +166,29 @@ async def runs_by_status(conn: asyncpg.Connection) -> dict[str, int]:
     return {row["status"]: row["runs"] for row in await conn.fetch(RUNS_BY_STATUS)}
 
 
+DETAILS_CHANGED_AFTER = """
+SELECT key, message, level, first_seq, seq, created_at, updated_at
+FROM job_log_details WHERE job_log_id = $1 AND seq > $2
+ORDER BY seq LIMIT $3
+"""
+
+
+async def details_changed_after(conn: asyncpg.Connection, run_id: uuid.UUID, after_seq: int, limit: int) -> list[asyncpg.Record]:
+    """A run's details logged or updated after a seq, in seq order (what a live page resuming there lacks)."""
+    return await conn.fetch(DETAILS_CHANGED_AFTER, run_id, after_seq, limit)
+
+
+async def runs_of_workers(conn: asyncpg.Connection, worker_ids: list[str], limit: int) -> list[asyncpg.Record]:
+    """Processing runs held by the given workers (their state changes when a worker is lost or back)."""
+    if not worker_ids:
+        return []
+    return await conn.fetch(
+        f"""SELECT {RUN_COLUMNS} FROM job_logs WHERE status = 'processing' AND worker_id = ANY($1::text[])
+            ORDER BY created_at DESC, id DESC LIMIT $2""",
+        worker_ids, limit,
+    )
+
+
 RECENT_ACTIONS = """
 SELECT event_id, occurred_at, actor, action, job, target, detail, source FROM actions
 ORDER BY occurred_at DESC, event_id DESC LIMIT $1

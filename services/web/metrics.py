@@ -7,6 +7,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+# The routes of the server-sent event streams (services.web.routes), kept out of the latency histogram.
+STREAMS = frozenset({"runs_events", "run_events"})
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -27,7 +30,7 @@ class Metrics:
         self.pending = Gauge("joblog_recorder_pending_events", "Events not yet delivered to the recorder.", registry=self.registry)
         self.ack_pending = Gauge("joblog_recorder_ack_pending_events", "Events delivered to the recorder, not yet acknowledged.", registry=self.registry)
         self.redelivered = Gauge("joblog_recorder_redelivered_events", "Events being redelivered to the recorder.", registry=self.registry)
-        self.lag = Gauge("joblog_recorder_lag_seconds", "Age of the newest applied event while events are pending; 0 when caught up.", registry=self.registry)
+        self.lag = Gauge("joblog_recorder_lag_seconds", "Age of the oldest event the recorder has not applied yet; 0 when caught up.", registry=self.registry)
         self.workers = Gauge("joblog_workers_online", "Workers that sent a heartbeat recently.", registry=self.registry)
 
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -47,7 +50,9 @@ class Metrics:
                 route = request.match_info.route.resource
                 label = route.canonical if route is not None else "unmatched"
                 self.requests.labels(label, request.method, str(status)).inc()
-                self.latency.labels(label).observe(time.perf_counter() - started)
+                # A live stream lasts as long as its page is open: its time is no request latency.
+                if request.match_info.route.name not in STREAMS:
+                    self.latency.labels(label).observe(time.perf_counter() - started)
 
         return count
 

@@ -48,6 +48,7 @@ async def index(request: web.Request) -> web.Response:
     notice = params.notice(request)
 
     async def load() -> dict[str, Any]:
+        version = await queries.projection_version(request.app)  # before the rows: the live feed resumes here
         runs, next_cursor, jobs = await queries.index(request.app, filters, request.app[SETTINGS].page_size)
         shown = {k: v for k, v in {"status": filters["status"], "job": filters["job"], "q": filters["search"]}.items() if v}
         return {
@@ -60,6 +61,7 @@ async def index(request: web.Request) -> web.Response:
             # New runs are inserted live only where they belong: the first page, unfiltered.
             "live_insert": filters["before"] is None and not shown,
             "notice": notice,
+            "version": version,
         }
 
     return await cached(request, "index.html", load)

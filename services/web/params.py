@@ -63,6 +63,17 @@ def after(request: web.Request) -> int:
     return int(raw)
 
 
+def resume_point(request: web.Request, name: str) -> int | None:
+    """Where a live stream resumes: the browser's Last-Event-ID on a reconnection, else ?<name>= from
+    the page (the last seq, or projection version, it rendered); None for the start."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get(name) or ""
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"Last-Event-ID and {name} must be the id of the last event you have (a whole number from 0)")
+    return int(raw)
+
+
 def limit(request: web.Request, default: int, most: int) -> int:
     raw = request.query.get("limit") or str(default)
     if not raw.isdigit() or not 1 <= int(raw) <= most:

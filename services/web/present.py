@@ -6,7 +6,7 @@ formats the server-rendered rows use).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -117,6 +117,25 @@ def install_filters(env: jinja2.Environment, settings: WebSettings) -> None:
     env.globals.update(badges=BADGES, zone_name=settings.timezone, status_order=STATUS_ORDER)
 
 
+# Run statistics are stored as jsonb, which keeps keys in its own order (shortest first), not the
+# job's. They are shown by this rule instead: the usual steps of a sync in the order they happen,
+# then any other key alphabetically.
+STATS_ORDER = ("fetched", "imported", "created", "updated", "unchanged", "closed", "deleted", "invalid", "skipped", "failed")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def ordered_stats(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's statistics in the order the pages show them (STATS_ORDER, then alphabetical)."""
+    rank = {key: i for i, key in enumerate(STATS_ORDER)}
+    stats = stats or {}
+    return {key: stats[key] for key in sorted(stats, key=lambda k: (rank.get(k, len(rank)), k))}
+
+
+def epoch_ms(value: datetime) -> int:
+    """Whole milliseconds since the epoch, as a browser's Date.parse() reads the same timestamp."""
+    return (value - _EPOCH) // timedelta(milliseconds=1)
+
+
 # The only messages a page's notice box shows: a redirect after an action names one by its key,
 # with the values it needs (checked by params.notice); an unknown key shows nothing.
 NOTICES = {
@@ -149,10 +168,13 @@ def present_action(row: asyncpg.Record) -> Row:
 
 
 def _live_duration(run: asyncpg.Record) -> int | None:
+    """The duration the job reported; else from start to finish (a worker-lost run), or so far (processing)."""
     if run["duration_ms"] is not None:
         return int(run["duration_ms"])
+    if run["started_at"] is not None and run["finished_at"] is not None:
+        return max(0, epoch_ms(run["finished_at"]) - epoch_ms(run["started_at"]))
     if run["started_at"] is not None and run["status"] == "processing":
-        return int((datetime.now(timezone.utc) - run["started_at"]).total_seconds() * 1000)
+        return max(0, epoch_ms(datetime.now(timezone.utc)) - epoch_ms(run["started_at"]))
     return None
 
 
@@ -161,6 +183,8 @@ def present_run(run: asyncpg.Record, directory: Liveness) -> Row:
     data = Row(run)
     if isinstance(data.get("stats"), str):
         data["stats"] = json.loads(data["stats"])
+    if data.get("stats"):
+        data["stats"] = ordered_stats(data["stats"])
     data["state"] = run_state(run, directory)
     data["summary"] = summary(data)
     data["live_duration_ms"] = _live_duration(run)

@@ -23,6 +23,8 @@ log = structlog.get_logger("joblog.web")
 
 ORDERS_PER_PAGE = 50
 DETAILS_PER_PAGE = 500
+# The most rows one live stream replays at (re)connection; a page further behind reloads.
+REPLAY_LIMIT = 2000
 ACTIONS_ON_MONITOR = 20
 
 
@@ -116,16 +118,68 @@ async def recorder_health(app: web.Application) -> dict[str, Any]:
         }
     except Exception as error:  # no recorder yet, or NATS away: the page says "unknown"
         log.info("recorder consumer unavailable", error=repr(error))
-    state = health["state"]
     lag = None
-    if state is not None and health["consumer"] is not None:
+    if health["consumer"] is not None:
         behind = health["consumer"]["pending"] + health["consumer"]["ack_pending"]
-        if behind == 0:
-            lag = 0.0
-        elif state["last_event_at"] is not None:
-            lag = max(0.0, (datetime.now(timezone.utc) - state["last_event_at"]).total_seconds())
+        lag = 0.0 if behind == 0 else await _oldest_pending_age(app)
     health["lag_seconds"] = lag
     return health
+
+
+async def _oldest_pending_age(app: web.Application) -> float | None:
+    """Seconds since JetStream stored the oldest event the recorder has not acknowledged yet.
+
+    That event is the first after the recorder consumer's ack floor (or the next one still in the
+    stream, when retention removed it); None when NATS cannot say.
+    """
+    settings = app[SETTINGS]
+    try:
+        js = app[NATS_CONNECTION].jetstream(timeout=2)
+        info = await js.consumer_info(settings.stream, settings.recorder_consumer)
+        floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+        subject = (info.config.filter_subject if info.config else None) or ">"
+        message = await js.get_msg(settings.stream, seq=floor + 1, subject=subject, next=True)
+    except Exception as error:
+        log.info("oldest pending event unavailable", error=repr(error))
+        return None
+    if message.time is None:
+        return None
+    return max(0.0, (datetime.now(timezone.utc) - message.time).total_seconds())
+
+
+async def run_replay(app: web.Application, name: str, after: int) -> tuple[Row | None, list[Row]]:
+    """A run as it stands and its details logged or updated after seq `after`, for a live page resuming there."""
+    async with app[POOL].acquire() as conn:
+        found = await db.get_run(conn, name)
+        if found is None or found["last_seq"] <= after:
+            return (present_run(found, app[DIRECTORY]) if found else None), []
+        details = await db.details_changed_after(conn, found["id"], after, REPLAY_LIMIT)
+    return present_run(found, app[DIRECTORY]), [Row(d) for d in details]
+
+
+async def index_replay(app: web.Application, since: int | None) -> tuple[int, list[Row]]:
+    """The projection's version now and, unless it is still `since`, the rows an index page may show:
+    the newest page of runs and every processing run (their current state, applied idempotently)."""
+    directory = app[DIRECTORY]
+    async with app[POOL].acquire() as conn:
+        version = await db.projection_version(conn)
+        if since == version:
+            return version, []
+        newest = await db.list_runs(conn, limit=app[SETTINGS].page_size)
+        processing = await db.list_runs(conn, limit=REPLAY_LIMIT, status="processing")
+    # Oldest first, so rows inserted on top end newest first; only the newest page's runs may be inserted.
+    found = {row["name"]: Row(present_run(row, directory), insert=False) for row in reversed(processing)}
+    for row in reversed(newest):
+        found.pop(row["name"], None)
+        found[row["name"]] = Row(present_run(row, directory), insert=True)
+    return version, list(found.values())
+
+
+async def runs_of_workers(app: web.Application, worker_ids: list[str]) -> list[Row]:
+    """Processing runs of these workers, as the index shows them now (stalled or not)."""
+    async with app[POOL].acquire() as conn:
+        rows = await db.runs_of_workers(conn, worker_ids, REPLAY_LIMIT)
+    return [present_run(row, app[DIRECTORY]) for row in rows]
 
 
 async def monitor(app: web.Application) -> dict[str, Any]:

@@ -200,3 +200,32 @@ async def test_a_run_page_streams_new_messages_and_loads_long_logs_as_you_scroll
     await expect(page.locator('[data-field="duration"]')).to_have_text("1.2 s")
     await expect(page.get_by_role("status")).to_contain_text("This run has finished")
     await page.close()
+
+
+async def test_messages_logged_while_the_live_stream_was_cut_all_appear_once_it_reconnects(
+    browser: Browser, client: Any, project: Any, js: Any, subjects: Any,
+) -> None:
+    from services.contracts import StepLogged
+    from services.web.keys import FEED
+    from tests.factories import publish
+
+    events = run_events(name="20261129083000", steps=2, updates=0)[:4]  # created, started, step-0, step-1: processing
+    await project(events)
+    common = {"run_id": events[0].run_id, "name": "20261129083000", "job": "sync_open_orders", "occurred_at": T0}
+    page = await browser.new_page(viewport=DESKTOP, base_url=str(client.make_url("")).rstrip("/"))
+    await page.goto("/runs/20261129083000")
+    details = page.locator("ol.details > li")
+    await expect(details).to_have_count(2)
+    await expect(page.locator("[data-live-state]")).to_have_text("Connection established")
+
+    client.app[FEED].close_all()  # the server drops every live stream; the page reconnects on its own
+    missed = [StepLogged(**common, seq=5 + i, key=f"late-{i}", message=f"Late {i}") for i in range(3)]  # type: ignore[arg-type]
+    await project(missed)  # recorded while the page was away ...
+    await publish(js, subjects, missed)  # ... and on NATS, perhaps before the page is back
+
+    await expect(details).to_have_count(5)
+    for i in range(3):
+        await expect(page.locator(f'li[data-key="late-{i}"]')).to_have_count(1)
+    await expect(page.locator('[data-field="message-count"]')).to_have_text("5")
+    await expect(page.locator("[data-live-state]")).to_have_text("Connection established")
+    await page.close()

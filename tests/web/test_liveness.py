@@ -108,3 +108,19 @@ async def test_the_directory_follows_again_after_the_heartbeat_stream_is_recreat
     await ensure_streams(js, subjects)
     await js.publish(subjects.for_heartbeat("w7"), _beat("w7", uuid.uuid4(), 701, utcnow()).model_dump_json().encode())
     await eventually(lambda: monitor_has("host-701"))
+
+
+async def test_the_live_index_turns_a_run_stalled_when_its_worker_is_lost(client, js, subjects, project):
+    from tests.web.test_live import sse_frames
+
+    events = run_events(name="20261129083000", steps=1, updates=0)[:3]  # processing on w1
+    await project(events)
+    await js.publish(subjects.for_heartbeat("w1"), _beat("w1", uuid.uuid4(), 101, utcnow(), running=[events[0].run_id]).model_dump_json().encode())
+    response = await client.get("/events/runs")
+    frames = await sse_frames(response, 1)  # hello
+    while True:  # w1 sends no more heartbeats: after the timeout its run is stalled, pushed without a reload
+        frames = await sse_frames(response, 1)
+        if frames[0][0] == "run" and frames[0][2]["state"] == "stalled":
+            break
+    response.close()
+    assert frames[0][2]["name"] == "20261129083000" and frames[0][2]["badge"]["label"] == "Stalled"

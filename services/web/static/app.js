@@ -49,37 +49,68 @@ function advances(element, status) {
   return shown === undefined || RANK[status] >= RANK[shown];
 }
 
-function listen(url, handlers) {
+// A live stream that never misses an event: the server replays what came after `resume` (the
+// last event id this page has), then goes live. The browser's own reconnection sends that id as
+// Last-Event-ID; when it gives up (the stream answered with an error), we reconnect ourselves.
+const LIVE_TEXT = { connecting: "Connecting…", connected: "Connection established", reconnecting: "Reconnecting…" };
+
+function liveState(state) {
+  document.documentElement.dataset.live = state;
+  for (const element of document.querySelectorAll("[data-live-state]")) element.textContent = LIVE_TEXT[state];
+}
+
+function listen(url, resumeParam, resume, handlers) {
   if (!window.EventSource) return null;
-  const source = new EventSource(url);
-  // The server's first event: from now on this page is following (tests and styles use it).
-  source.addEventListener("hello", () => { document.documentElement.dataset.live = "connected"; });
-  source.addEventListener("error", () => { document.documentElement.dataset.live = "reconnecting"; });
-  for (const [name, handle] of Object.entries(handlers)) {
-    source.addEventListener(name, (message) => handle(JSON.parse(message.data), source));
-  }
-  return source;
+  const stream = { source: null, last: resume, closed: false, retry: 1000 };
+  stream.close = () => { stream.closed = true; if (stream.source) stream.source.close(); };
+  const open = () => {
+    if (stream.closed) return;
+    const separator = url.includes("?") ? "&" : "?";
+    const source = new EventSource(stream.last ? url + separator + resumeParam + "=" + encodeURIComponent(stream.last) : url);
+    stream.source = source;
+    liveState(stream.last && stream.opened ? "reconnecting" : "connecting");
+    stream.opened = true;
+    // The server's first event: from now on this page is following (tests and styles use it).
+    source.addEventListener("hello", () => { stream.retry = 1000; liveState("connected"); });
+    source.addEventListener("error", () => {
+      if (stream.closed) return;
+      liveState("reconnecting");
+      if (source.readyState === EventSource.CLOSED) {
+        window.setTimeout(open, stream.retry);
+        stream.retry = Math.min(stream.retry * 2, 30000);
+      }
+    });
+    for (const [name, handle] of Object.entries(handlers)) {
+      source.addEventListener(name, (message) => {
+        if (message.lastEventId) stream.last = message.lastEventId;
+        handle(JSON.parse(message.data), stream);
+      });
+    }
+  };
+  open();
+  return stream;
 }
 
 // The index: rows of processing runs change in place; new runs appear on top of the first page.
 function liveIndex(table) {
   const body = table.tBodies[0];
   const insert = table.dataset.liveInsert === "yes";
-  listen(table.dataset.liveRuns, {
+  listen(table.dataset.liveRuns, "since", table.dataset.since, {
     run(update) {
       let row = body.querySelector('tr[data-run="' + CSS.escape(update.name) + '"]');
       if (!row) {
-        if (!insert) return;
+        if (!insert || update.insert === false) return;
         row = newRow(update);
         body.prepend(row);
       }
       if (!advances(row, update.status)) return;
       row.dataset.status = update.status;
       if (update.started_iso) row.dataset.started = update.started_iso;
-      row.className = "run-row state-" + update.status + " just-updated";
+      row.dataset.state = update.state || update.status;
+      row.className = "run-row state-" + row.dataset.state + " just-updated";
       setField(row, "badge", badge(update.badge));
       setField(row, "started", update.started);
-      setField(row, "duration", update.duration);
+      setField(row, "duration", update.duration || elapsed(row, update));
       setField(row, "summary", update.summary || (update.status === "processing" ? "Running…" : null));
     },
   });
@@ -107,7 +138,8 @@ function newRow(update) {
 function liveRun(head) {
   if (isFinal(head.dataset.status)) return;
   const list = document.querySelector("ol[data-details]");
-  listen("/runs/" + encodeURIComponent(head.dataset.liveRun) + "/events", {
+  const count = document.querySelector('[data-field="message-count"]');
+  listen("/runs/" + encodeURIComponent(head.dataset.liveRun) + "/events", "after", head.dataset.lastSeq, {
     run(update, source) {
       if (!advances(head, update.status)) return;
       head.dataset.status = update.status;
@@ -115,7 +147,7 @@ function liveRun(head) {
       setField(head, "badge", badge(update.badge));
       setField(document, "status", update.badge.label);
       setField(document, "finished", update.finished);
-      setField(document, "duration", update.duration);
+      setField(document, "duration", update.duration || elapsed(head, update));
       setField(document, "summary", update.summary);
       if (isFinal(update.status)) {
         source.close();
@@ -136,7 +168,7 @@ function liveRun(head) {
         if (list.dataset.complete !== "yes") return; // it belongs after messages not loaded yet
         item = document.createElement("li");
         item.dataset.key = step.key;
-        item.dataset.seq = step.seq;
+        item.dataset.seq = step.first_seq || step.seq;
         const when = document.createElement("span");
         when.className = "when";
         const time = document.createElement("time");
@@ -151,7 +183,12 @@ function liveRun(head) {
         list.appendChild(item);
         const empty = document.querySelector("[data-empty]");
         if (empty) empty.remove();
-      } else if (step.seq > Number(item.dataset.seq)) {
+        if (count) {
+          count.dataset.count = Number(count.dataset.count) + 1;
+          count.textContent = Number(count.dataset.count).toLocaleString("en-US");
+        }
+      }
+      if (step.seq > Number(item.dataset.seq)) {
         // Updated in place: it keeps the time it was first logged, and says when it changed.
         let note = item.querySelector(".updated");
         if (!note) {
@@ -160,7 +197,7 @@ function liveRun(head) {
           item.querySelector(".when").append(note);
         }
         const time = document.createElement("time");
-        time.dateTime = step.iso;
+        time.dateTime = step.updated_iso || step.iso;
         time.textContent = step.clock;
         note.replaceChildren("updated ", time);
       }
@@ -216,6 +253,13 @@ function watchLoadMore() {
   }
 }
 
+// A finished run without a reported duration (its worker was lost): start to finish, as the server shows it.
+function elapsed(element, update) {
+  if (!update.finished_iso || !element.dataset.started) return null;
+  const ms = Date.parse(update.finished_iso) - Date.parse(element.dataset.started);
+  return Number.isNaN(ms) ? null : formatDuration(Math.max(0, ms));
+}
+
 // Durations of processing runs count up (the same format as the server's).
 function formatDuration(ms) {
   if (ms < 1000) return ms + " ms";
@@ -240,7 +284,7 @@ window.setInterval(() => {
 const runsTable = document.querySelector("table[data-live-runs]");
 if (runsTable) liveIndex(runsTable);
 const emptyIndex = document.querySelector("[data-live-empty]");
-if (emptyIndex) listen(emptyIndex.dataset.liveEmpty, { run: () => window.location.reload() });
+if (emptyIndex) listen(emptyIndex.dataset.liveEmpty, "since", null, { run: () => window.location.reload() });
 const runHead = document.querySelector("[data-live-run]");
 if (runHead) liveRun(runHead);
 watchLoadMore();
