@@ -198,3 +198,19 @@ ORDER BY occurred_at DESC, event_id DESC LIMIT $1
 async def recent_actions(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     """The audit trail, newest first (the recorder writes it from action.* events)."""
     return await conn.fetch(RECENT_ACTIONS, limit)
+
+
+# The notifier's alerts (services/notifier), with how far each channel got in delivering them.
+RECENT_ALERTS = """
+SELECT a.id, a.kind, a.job, a.run_name, a.message, a.repeats, a.raised_at, a.cleared_at,
+       COALESCE(json_agg(json_build_object('channel', d.channel, 'state', d.state, 'attempts', d.attempts,
+                                           'last_error', left(d.last_error, 200))
+                ORDER BY d.channel, d.target) FILTER (WHERE d.alert_id IS NOT NULL), '[]') AS deliveries
+FROM alerts a LEFT JOIN alert_deliveries d ON d.alert_id = a.id
+GROUP BY a.id ORDER BY a.raised_at DESC, a.id LIMIT $1
+"""
+
+
+async def recent_alerts(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """The newest alerts, each with its deliveries (channel, state, attempts, last error)."""
+    return await conn.fetch(RECENT_ALERTS, limit)

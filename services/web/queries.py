@@ -5,6 +5,8 @@ Functions take the app (its pool, settings and directory) and checked parameters
 """
 from __future__ import annotations
 
+import json
+
 from datetime import datetime, timezone
 from typing import Any
 
@@ -199,7 +201,16 @@ async def monitor(app: web.Application) -> dict[str, Any]:
         "stalled": [present_run(r, directory) for r in processing if run_state(r, directory) == "stalled"],
         "health": await recorder_health(app),
         "actions": await recent_actions(app, ACTIONS_ON_MONITOR),
+        "alerts": await recent_alerts(app, ACTIONS_ON_MONITOR),
     }
+
+
+async def recent_alerts(app: web.Application, limit: int) -> list[dict[str, Any]]:
+    """The notifier's newest alerts and each channel's delivery state."""
+    async with app[POOL].acquire() as conn:
+        rows = await db.recent_alerts(conn, limit)
+    return [{**dict(row), "deliveries": json.loads(row["deliveries"]) if isinstance(row["deliveries"], str)
+             else row["deliveries"]} for row in rows]
 
 
 async def recent_actions(app: web.Application, limit: int) -> list[Row]:
