@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 
 from services.contracts import ActionTaken, RunsDeleted, parse_event
 from services.contracts.nats import connect
+from services.contracts.process import stop_on_signals
 from services.contracts.subjects import close_nats, ensure_streams, ensure_streams_when_ready
 from services.log_recorder import db
 from services.log_recorder.errors import TRANSIENT, DeadLetter, is_refused
@@ -325,11 +325,7 @@ def _stream_seq(message: Msg) -> int | None:
 
 async def run(settings: RecorderSettings, ready: asyncio.Event | None = None, stopping: asyncio.Event | None = None) -> None:
     """Run the recorder until SIGTERM/SIGINT (or stopping is set)."""
-    stopping = stopping or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
+    stopping = stop_on_signals(stopping)
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(asyncpg.create_pool(settings.database_url, min_size=1, max_size=4))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import uuid
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
@@ -32,8 +31,9 @@ from services.contracts import (
 )
 from services.contracts.liveness import JetStreamClock, follow_workers, stored_at
 from services.contracts.nats import connect
+from services.contracts.process import stop_on_signals
 from services.contracts.schedules import parse_schedule
-from services.contracts.subjects import close_nats, ensure_streams
+from services.contracts.subjects import close_nats, ensure_streams_when_ready
 from services.notifier import db
 from services.notifier.delivery import Sender, alert_of
 from services.notifier.errors import DeliveryFailed
@@ -387,17 +387,13 @@ class Notifier:
 
 async def run(settings: NotifierSettings, ready: asyncio.Event | None = None, stopping: asyncio.Event | None = None) -> None:
     """Run the notifier until SIGTERM/SIGINT (or stopping is set)."""
-    stopping = stopping or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
+    stopping = stop_on_signals(stopping)
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(asyncpg.create_pool(settings.database_url, min_size=1, max_size=4))
         nc = await connect(settings, "joblog-notifier")
         stack.push_async_callback(close_nats, nc)
         js = nc.jetstream(timeout=5)
-        await ensure_streams(js, settings.subjects, settings.stream_replicas)
+        await ensure_streams_when_ready(js, settings.subjects, settings.stream_replicas)
         session = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)))
         notifier = Notifier(settings, pool, js, Sender(settings, session, js))
         sub = await notifier.subscribe()

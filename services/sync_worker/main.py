@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import uuid
 from contextlib import AsyncExitStack
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 from services.contracts import TriggerRequested, WorkerHeartbeat, WorkerStopped
 from services.contracts.events import TriggerKind, utcnow
 from services.contracts.nats import connect
+from services.contracts.process import stop_on_signals
 from services.contracts.subjects import close_nats, ensure_streams_when_ready
 from services.sync_worker.errors import UnknownJob
 from services.sync_worker.jobs import RunContext, registry
@@ -232,11 +232,7 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
     problem = settings.unknown_jobs(registry.names())
     if problem:
         raise UnknownJob(problem)
-    stopping = stopping or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopping.set)
+    stopping = stop_on_signals(stopping)
     async with AsyncExitStack() as stack:
         # Per run: a connection holding its job slot, one for its work, one for its log.
         pool_size = 3 * settings.worker_max_runs + 3
