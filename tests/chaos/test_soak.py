@@ -39,7 +39,7 @@ from services.sync_worker.sources.sample import generate_orders
 from tests.conftest import connect_when_up, eventually
 from tests.factories import snapshot
 
-SECONDS = float(os.environ.get("JOBLOG_SOAK_SECONDS", "25"))
+SECONDS = float(os.environ.get("JOBLOG_SOAK_SECONDS", "15"))
 WORKERS = ("soak-a", "soak-b", "soak-c")
 RECORDERS = 2
 WORKER_TIMEOUT = 3.0
