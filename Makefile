@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 LOCK   := requirements/dev.txt
 
-.PHONY: run test soak bench deploy-test schema lock clean
+.PHONY: run test soak bench deploy-test schema lock clean reset
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "joblog needs Python 3.11 or newer: make PYTHON=python3.11 ...")'
@@ -51,3 +51,9 @@ lock:
 
 clean:
 	rm -rf $(VENV) .venv-lock .pytest_cache
+
+# Start the local stack (make run) from nothing: its NATS and Postgres data under .joblog/ go.
+reset:
+	@if [ -f .joblog/stack.env ] && kill -0 $$(sed -n 's/^JOBLOG_DEV_PID=//p' .joblog/stack.env) 2>/dev/null; then \
+		echo "make reset: joblog dev is running; stop it first (Ctrl-C)"; exit 1; fi
+	rm -rf .joblog

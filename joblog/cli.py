@@ -171,7 +171,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     try:
         if args.wait:
             return _trigger_and_wait(settings, args.job)
-        command = asyncio.run(send_trigger(settings, args.job, "cli", requested_by="cli"))
+        command = asyncio.run(send_trigger(settings, args.job, "cli", requested_by=_cli_user()))
     except GaveUp as error:
         print(f"joblog trigger: {error}", file=sys.stderr)
         return 1
@@ -179,18 +179,23 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_user() -> str:
+    """Who asked, as the run's "Requested by" shows it: the same with or without --wait."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name (a container's uid without an entry)
+        return "cli"
+
+
 def _trigger_and_wait(settings: CommonSettings, job: str) -> int:
     """Trigger, then a progress bar until the run ends; the exit code says how it ended."""
-    import getpass
-    import uuid
-
     from joblog.tail import wait_for_run
     from joblog.trigger import send_trigger
 
-    # Unique, so we recognise our run among others of the same job; readable in the UI too.
-    requested_by = f"cli:{getpass.getuser()} #{uuid.uuid4().hex[:6]}"
-    return asyncio.run(wait_for_run(settings, job, requested_by,
-                                    lambda: send_trigger(settings, job, "cli", requested_by=requested_by), sys.stdout))
+    return asyncio.run(wait_for_run(settings, job, lambda: send_trigger(settings, job, "cli", requested_by=_cli_user()),
+                                    sys.stdout))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

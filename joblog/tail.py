@@ -156,12 +156,12 @@ def _imported(data: dict[str, Any] | None) -> int | None:
     return sum(int(data.get(key, 0)) for key in ("created", "updated", "unchanged", "invalid"))
 
 
-async def wait_for_run(settings: CommonSettings, job: str, requested_by: str, send: Callable[[], Awaitable[Any]],
-                       out: TextIO) -> int:
-    """Send a trigger, then show its run's progress until it ends: 0 on success, 1 on error.
+async def wait_for_run(settings: CommonSettings, job: str, send: Callable[[], Awaitable[Any]], out: TextIO) -> int:
+    """Send a trigger (send returns the TriggerRequested), then show its run's progress until it ends:
+    0 on success, 1 on error.
 
-    The run is recognised by requested_by, which the caller makes unique; we subscribe before
-    sending so the run's first event cannot be missed.
+    The run is recognised by the trigger's command_id, which its run.created carries; we subscribe
+    before sending so the run's first event cannot be missed.
     """
     from tqdm import tqdm
 
@@ -178,7 +178,7 @@ async def wait_for_run(settings: CommonSettings, job: str, requested_by: str, se
                                       ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
 
         sub = await retrying(f"follow the runs of {job} in stream {settings.stream}", follow)
-        await send()
+        command = await send()
         run_id = None
         while True:
             try:
@@ -189,7 +189,7 @@ async def wait_for_run(settings: CommonSettings, job: str, requested_by: str, se
                 event = parse_event(message.data)
             except ValidationError:
                 continue  # a type this version does not know
-            if run_id is None and isinstance(event, RunCreated) and event.requested_by == requested_by:
+            if run_id is None and isinstance(event, RunCreated) and event.command_id == command.command_id:
                 run_id = event.run_id
                 bar.set_description_str(f"{job} {event.name}")
             if event.run_id != run_id:
