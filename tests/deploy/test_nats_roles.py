@@ -26,6 +26,8 @@ from services.contracts import RunsDeleted, Subjects, TriggerRequested
 from services.contracts.subjects import close_nats
 from services.log_recorder.main import run as run_recorder
 from services.log_recorder.settings import RecorderSettings
+from services.notifier.main import run as run_notifier
+from services.notifier.settings import NotifierSettings
 from services.sync_worker.main import run as run_worker
 from services.sync_worker.settings import WorkerSettings
 from services.web.app import create_app
@@ -96,6 +98,7 @@ async def test_every_role_does_its_job_through_the_shipped_configuration(
     await services(run_recorder, RecorderSettings(**common, **credentials("recorder", passwords), worker_timeout=3))
     await services(run_worker, WorkerSettings(**common, **credentials("worker", passwords), heartbeat_interval=0.3,
                                               worker_id="w-secure"))
+    await services(run_notifier, NotifierSettings(**common, **credentials("notifier", passwords)))
     web_env = {**admin_env, "JOBLOG_NATS_USER": "joblog_web", "JOBLOG_NATS_PASSWORD": passwords["web"]}
     # In a process of its own, while this event loop runs the worker and the recorder.
     triggered = await asyncio.create_subprocess_exec(
@@ -104,6 +107,8 @@ async def test_every_role_does_its_job_through_the_shipped_configuration(
     out, err = await asyncio.wait_for(triggered.communicate(), 180)
     assert triggered.returncode == 0, err.decode()
     assert "succeeded" in out.decode()
+    # The notifier, as its own user, follows the run stream with its consumer.
+    await eventually(lambda: _notifier_saw_a_run(database_url))
 
     # The web, as its own user: its live feed and worker directory work, and so does Run now.
     from aiohttp.test_utils import TestClient, TestServer
@@ -134,6 +139,16 @@ async def test_every_role_does_its_job_through_the_shipped_configuration(
             await message.ack()
     finally:
         await close_nats(nc)
+
+
+async def _notifier_saw_a_run(database_url: str) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) FROM notifier_runs"))
+    finally:
+        await conn.close()
 
 
 async def test_no_role_can_do_another_s_job(secured_nats: NatsServer, passwords, database_url):
