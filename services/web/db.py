@@ -204,7 +204,7 @@ async def recent_actions(conn: asyncpg.Connection, limit: int) -> list[asyncpg.R
 RECENT_ALERTS = """
 SELECT a.id, a.kind, a.job, a.run_name, a.message, a.repeats, a.raised_at, a.cleared_at,
        COALESCE(json_agg(json_build_object('channel', d.channel, 'state', d.state, 'attempts', d.attempts,
-                                           'last_error', left(d.last_error, 200))
+                                           'last_error', left(d.last_error, 200), 'grouped', d.grouped)
                 ORDER BY d.channel, d.target) FILTER (WHERE d.alert_id IS NOT NULL), '[]') AS deliveries
 FROM alerts a LEFT JOIN alert_deliveries d ON d.alert_id = a.id
 GROUP BY a.id ORDER BY a.raised_at DESC, a.id LIMIT $1
