@@ -55,7 +55,7 @@ async def search(app: web.Application, filters: dict[str, Any], limit: int = SEA
             run=Row(name=row["name"], job=row["job"], status=row["status"], created_at=row["run_created_at"],
                     started_at=row["started_at"], url=f"/runs/{row['name']}"),
         ))
-    failed = [Row(dict(r), parts=highlight(f"{r['error_class'] or ''} {r['error_message']}".strip(), text),
+    failed = [Row(dict(r), parts=highlight(f"{r['error_class']}: {r['error_message']}" if r["error_class"] else r["error_message"], text),
                   url=f"/runs/{r['name']}") for r in errors]
     return {"results": results, "errors": failed, "next_cursor": str(rows[-1]["id"]) if more and rows else None}
 

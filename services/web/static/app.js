@@ -359,8 +359,14 @@ function findInRun() {
 
 document.addEventListener("click", (event) => {
   const link = event.target.closest("a[data-copy-link]");
-  if (!link || !navigator.clipboard) return;
-  navigator.clipboard.writeText(new URL(link.getAttribute("href"), window.location.href).href).then(() => {
+  if (!link || !navigator.clipboard || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+  // A plain click copies the link and marks the message here; other clicks (new tab) follow it.
+  event.preventDefault();
+  const url = new URL(link.getAttribute("href"), window.location.href);
+  for (const marked of document.querySelectorAll(".detail.targeted")) marked.classList.remove("targeted");
+  link.closest(".detail").classList.add("targeted");
+  window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  navigator.clipboard.writeText(url.href).then(() => {
     link.classList.add("copied");
     window.setTimeout(() => link.classList.remove("copied"), 1500);
   }, () => {});
