@@ -95,11 +95,18 @@ async def error_group(conn: asyncpg.Connection, fingerprint: str) -> asyncpg.Rec
         fingerprint)
 
 
+# A job that has not succeeded for this many runs has no "previous successful run" to compare with
+# (bounded, so a page of a job that always fails never scans all its runs).
+PREVIOUS_LOOKBACK = 1000
+
+
 async def previous_success(conn: asyncpg.Connection, job: str, created_at: datetime, run_id: uuid.UUID) -> str | None:
-    """The name of the job's last successful run before this one."""
+    """The name of the job's last successful run before this one, among its previous PREVIOUS_LOOKBACK runs."""
     return await conn.fetchval(
-        """SELECT name FROM job_logs WHERE job = $1 AND status = 'success' AND (created_at, id) < ($2, $3)
-           ORDER BY created_at DESC, id DESC LIMIT 1""", job, created_at, run_id)
+        """SELECT name FROM (
+               SELECT name, status, created_at, id FROM job_logs WHERE job = $1 AND (created_at, id) < ($2, $3)
+               ORDER BY created_at DESC, id DESC LIMIT $4) r
+           WHERE status = 'success' ORDER BY created_at DESC, id DESC LIMIT 1""", job, created_at, run_id, PREVIOUS_LOOKBACK)
 
 
 FAILURE_GROUPS = """
