@@ -75,7 +75,10 @@ async def run_page(
         rows = await db.list_details(conn, found["id"], after, per_page + 1, levels)
         more = len(rows) > per_page
         total = await db.count_details(conn, found["id"], levels) if more or after or levels else min(len(rows), per_page)
-        steps = await investigate_db.step_times(conn, found["id"], TIMELINE_STEPS + 1)
+        if after == 0 and not levels and not more:  # the page holds every message: the timeline is these
+            steps = [Row(row, next_at=rows[i + 1]["created_at"] if i + 1 < len(rows) else None) for i, row in enumerate(rows)]
+        else:
+            steps = await investigate_db.step_times(conn, found["id"], TIMELINE_STEPS + 1)
         group = await investigate_db.error_group(conn, found["error_fingerprint"]) if found["error_fingerprint"] else None
         previous = await investigate_db.previous_success(conn, found["job"], found["created_at"], found["id"])
     run = present_run(found, app[DIRECTORY])
@@ -93,7 +96,7 @@ async def run_page(
     }
 
 
-def timeline(run: dict[str, Any], steps: list[asyncpg.Record], end: datetime) -> dict[str, Any] | None:
+def timeline(run: dict[str, Any], steps: list[Any], end: datetime) -> dict[str, Any] | None:
     """The run's steps as segments of a bar (x and width in per mille of the run) and the slowest of them."""
     if not steps:
         return None
