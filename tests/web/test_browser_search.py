@@ -10,13 +10,16 @@ from playwright.async_api import Browser, expect
 
 from tests.factories import T0
 from tests.web.helpers_investigate import order_run
-from tests.web.test_browser import DESKTOP, browser, shoot  # noqa: F401 - the shared browser fixture
+from tests.web import test_browser
+from tests.web.test_browser import DESKTOP, shoot
+
+browser = test_browser.browser  # the same fixture: Debian's Chromium, one per module
 
 pytestmark = pytest.mark.browser
 
 
 async def test_a_search_for_an_order_number_lands_on_its_message_in_the_right_run(
-    browser: Browser, client: Any, project: Any, artifacts: Path,  # noqa: F811
+    browser: Browser, client: Any, project: Any, artifacts: Path,
 ) -> None:
     await project(order_run("20261201080000", orders=["SO-104710", "SO-104712"], error="Order SO-104712 rejected by ERP"))
     await project(order_run("20261202080000", orders=["SO-104711"], extra=1200, start=T0 + timedelta(days=3)))
@@ -49,7 +52,7 @@ async def test_a_search_for_an_order_number_lands_on_its_message_in_the_right_ru
 
 
 async def test_the_run_page_filters_by_level_finds_text_and_copies_a_messages_link(
-    browser: Browser, client: Any, project: Any, artifacts: Path,  # noqa: F811
+    browser: Browser, client: Any, project: Any, artifacts: Path,
 ) -> None:
     await project(order_run("20261201080000", orders=["SO-1", "SO-2", "SO-3"]))
     await project(order_run("20261202080000", orders=["SO-1", "SO-12", "SO-13", "SO-4"], skip={5},
@@ -90,7 +93,7 @@ async def test_the_run_page_filters_by_level_finds_text_and_copies_a_messages_li
 
 
 async def test_failure_groups_and_comparing_a_failed_run_with_the_previous_successful_one(
-    browser: Browser, client: Any, project: Any, artifacts: Path,  # noqa: F811
+    browser: Browser, client: Any, project: Any, artifacts: Path,
 ) -> None:
     await project(order_run("20261201080000", orders=["SO-1", "SO-2"]))
     await project(order_run("20261202080000", orders=["SO-1", "SO-3", "SO-4"], start=T0 + timedelta(days=1), error="Order SO-3 rejected (HTTP 422)"))
