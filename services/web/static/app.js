@@ -180,7 +180,16 @@ function liveRun(head) {
         level.className = "level";
         const text = document.createElement("span");
         text.className = "message";
-        item.append(when, level, text);
+        const tools = document.createElement("span");
+        tools.className = "detail-tools";
+        const link = document.createElement("a");
+        link.className = "permalink";
+        link.title = "Link to this message";
+        link.dataset.copyLink = "";
+        link.href = window.location.pathname + "?at=" + item.dataset.seq + "#m" + item.dataset.seq;
+        link.textContent = "#" + item.dataset.seq;
+        tools.append(link);
+        item.append(when, level, text, tools);
         list.appendChild(item);
         const empty = document.querySelector("[data-empty]");
         if (empty) empty.remove();
