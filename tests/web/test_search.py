@@ -45,6 +45,8 @@ async def test_search_matches_keys_and_data_and_combines_with_filters_and_pages_
     assert [h["run"]["name"] for h in failed["results"]] == ["20261204080000"]
     dated = await (await client.get("/api/search", params={"q": "imported order", "since": "2026-11-30", "until": "2026-12-01"})).json()
     assert {h["run"]["name"] for h in dated["results"]} == {"20261202080000", "20261203080000"}
+    one_run = await (await client.get("/api/search", params={"q": "imported order", "run": "20261202080000"})).json()
+    assert [h["run"]["name"] for h in one_run["results"]] == ["20261202080000"]
     in_data = await (await client.get("/api/search", params={"q": '"order": "so-92"'})).json()
     assert [(h["run"]["name"], h["field"]) for h in in_data["results"]] == [("20261203080000", "data")]
     by_key = await (await client.get("/api/search", params={"q": "order-0", "job": "other_job"})).json()
@@ -78,6 +80,8 @@ async def test_bad_searches_are_4xx_that_say_why(client):
     assert page.status == 400
     form = await client.get("/search")
     assert form.status == 200 and 'name="q"' in await form.text()
+    in_run = await client.get("/search", params={"run": "20261201080000"})  # "Search this run", before any text
+    assert in_run.status == 200 and 'name="run" value="20261201080000"' in await in_run.text()
 
 
 async def test_the_index_has_one_search_box_and_searches_are_escaped(client, project):
