@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, peak_rss_mb, scale, service_env, service_process
 from bench.web_data import ensure_dataset, run_name, web_scale
+from bench.web_search import search_result, search_script
 from joblog.servers import free_port, port_open
 
 CONNECTIONS = 16
@@ -166,6 +167,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             figures["index"] = await asyncio.to_thread(wrk, base + "/", duration)
             await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
             figures["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
+            searches = search_script(Path(tmp))
+            await asyncio.to_thread(wrk, base + "/search", WARMUP_SECONDS, searches)
+            figures["search"] = await asyncio.to_thread(wrk, base + "/search", duration, searches)
             rss = peak_rss_mb(process.pid)
     finally:
         await delete_streams(servers.nats_url, stream)
@@ -185,6 +189,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
              f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
             {"p99": f["p99"] < 25, "ratio": ratio >= 0.3},
         ))
+    results.append(search_result(
+        figures["search"], figures["index"], runs, details, f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up",
+        f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web"))
     floor = figures["healthz"]
     results.append(Result(
         "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",
