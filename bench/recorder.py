@@ -27,6 +27,7 @@ from bench.common import (
     percentile,
     scale,
     scratch,
+    server_of,
     service_env,
     service_process,
     wait_until,
@@ -79,14 +80,17 @@ async def publish_all(js, messages: list[tuple[str, str, bytes]]) -> float:  # t
     return len(messages) / (time.perf_counter() - started)
 
 
-async def raw_pull_and_ack(js, stream: str, subject: str, total: int, batch: int, ahead: bool = False) -> float:  # type: ignore[no-untyped-def]
+async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool = False) -> float:  # type: ignore[no-untyped-def]
     """The limit for a consumer: fetch batches and ack every message, doing nothing else. Events/s.
 
-    With ahead, the next fetch is already under way while a batch is acked (as a pipelined consumer would)."""
-    sub = await js.pull_subscribe(
-        subject, durable=f"bench_raw_{'ahead' if ahead else 'plain'}", stream=stream,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, max_ack_pending=50_000),
-    )
+    The consumer is configured as the recorder's is (services/log_recorder/main.py consumer_config):
+    the whole stream, no subject filter. With ahead, the next fetch is already under way while a
+    batch is acked (as a pipelined consumer would)."""
+    durable = f"bench_raw_{'ahead' if ahead else 'plain'}"
+    await js.add_consumer(stream, ConsumerConfig(
+        name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=50_000, max_deliver=-1))
+    sub = await js.pull_subscribe_bind(durable, stream=stream)
 
     async def fetch() -> list:  # type: ignore[type-arg]
         try:
@@ -126,11 +130,12 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
         conn = await asyncpg.connect(dsn)
         try:
             js = nc.jetstream(timeout=30)
+            server = server_of(nc)
             await ensure_streams(js, subjects)
             publish_rate = await publish_all(js, messages)
             # In its own process, like the recorder: the same fresh interpreter and a core of its own.
             plain, ahead = map(float, (await asyncio.to_thread(
-                subprocess.run, [PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream, subjects.runs,
+                subprocess.run, [PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream,
                                  str(len(messages)), str(batch)], cwd=ROOT, capture_output=True, text=True, check=True,
                 timeout=900)).stdout.split())
             limit = max(plain, ahead)
@@ -153,11 +158,11 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
     ratio = rate / limit if limit else 0.0
     result = Result(
         "1. Recorder throughput", f"{rate:,.0f} events/s", f"{limit:,.0f} events/s (raw pull+ack, batch {batch}, best of plain {plain:,.0f} and fetch-ahead {ahead:,.0f})",
-        f"{ratio:.2f}", ">= 0.7 and >= 20,000 events/s", ratio >= 0.7 and rate >= 20_000 and complete,
+        f"{ratio:.2f}", ">= 0.95 of raw pull+ack", ratio >= 0.95 and complete,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_throughput",
         [f"{len(messages):,} events ({runs:,} runs, {details:,} details); the limit and the recorder each run as their own process; publish rate {publish_rate:,.0f} events/s; "
          f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)"],
-        {"ratio": ratio >= 0.7, "20k/s": rate >= 20_000, "exact": complete},
+        {"ratio": ratio >= 0.95, "exact": complete}, server,
     )
     return [result], {"recorder (throughput)": rss}
 
@@ -236,7 +241,7 @@ async def steady_publish(js, subjects: Subjects, run_ids: list[uuid.UUID], rate:
     return count
 
 
-async def raw_round_trip(js, subjects: Subjects, rate: int, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
+async def raw_round_trip(nc, js, subjects: Subjects, rate: int, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
     """The limit: the same steady publishing, consumed by a push consumer that acks; ms from occurred_at to receipt."""
     lags: list[float] = []
 
@@ -246,8 +251,12 @@ async def raw_round_trip(js, subjects: Subjects, rate: int, seconds: float) -> l
         lags.append((now - occurred) * 1000)
         await message.ack()
 
-    sub = await js.subscribe(subjects.runs, stream=subjects.stream, cb=received, manual_ack=True,
-                             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW))
+    # A push consumer on the whole stream, no subject filter (as the recorder's consumer).
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=received)
+    await js.add_consumer(subjects.stream, ConsumerConfig(
+        durable_name="bench_raw_push", deliver_subject=inbox, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW, max_ack_pending=50_000))
     run_ids = [uuid.uuid4() for _ in range(20)]
     await steady_publish(js, subjects, run_ids, rate, seconds, {}, 2)
     await asyncio.sleep(0.5)
@@ -287,12 +296,13 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
         nc = await nats.connect(servers.nats_url)
         try:
             js = nc.jetstream(timeout=30)
+            server = server_of(nc)
             await ensure_streams(js, subjects)
             # The limit runs on a stream of its own, so its events never reach the recorder.
             raw = Subjects(prefix=f"{prefix}raw", stream=f"{stream}_RAW")
             await ensure_streams(js, raw)
             try:
-                limit_lags = await raw_round_trip(js, raw, rate, seconds)
+                limit_lags = await raw_round_trip(nc, js, raw, rate, seconds)
             finally:
                 await delete_streams(servers.nats_url, raw.stream)
             commits = await commit_latency(dsn)
@@ -330,10 +340,10 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
         "2. Projection lag", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
         f"raw publish->consume p50 {limit_p50:.1f} ms, p99 {limit_p99:.1f} ms; "
         f"a one-row commit alone p50 {commit_p50:.1f} ms, p99 {commit_p99:.1f} ms",
-        f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 50 ms", p99 < 50 and len(lags) >= count,
+        f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 20 ms", p99 < 20 and len(lags) >= count,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_lag",
         [f"{count:,} step events at {rate:,}/s for {seconds:.0f} s over 20 runs; {len(lags):,} seen visible; "
          f"visibility polled every ~2 ms (poll query median {median(watcher.poll_ms):.1f} ms, part of the figure); "
-         f"max {max(lags or [0]):.0f} ms"],
+         f"max {max(lags or [0]):.0f} ms"], {}, server,
     )
     return [result], {"recorder (lag)": rss}

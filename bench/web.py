@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, peak_rss_mb, scale, service_env, service_process
+from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, nats_server_version, peak_rss_mb, scale, service_env, service_process
 from bench.web_data import ensure_dataset, run_name, web_scale
 from joblog.servers import free_port, port_open
 
@@ -131,7 +131,7 @@ async def healthz_under_guesses(servers: Servers, dsn: str, duration: int) -> Re
         [f"same web process, JOBLOG_ADMIN_PASSWORD_HASH at {600_000:,} PBKDF2 iterations, per-address limit off so every "
          f"guess is checked; wrk -t1 -c{CONNECTIONS} -d{duration}s each; the guesses were answered: {answered} "
          "(401: checked in the password thread; 503: refused at once, the check queue being full)"],
-        {"ratio": ratio <= 3, "errors": flooded["errors"] == 0},
+        {"ratio": ratio <= 3, "errors": flooded["errors"] == 0}, await nats_server_version(servers.nats_url),
     )
 
 
@@ -140,6 +140,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         raise RuntimeError("wrk not found: apt-get install -y wrk")
     dsn, runs, details, built = await ensure_dataset(servers)
     duration = seconds()
+    server = await nats_server_version(servers.nats_url) + " (the web's live feed; pages read Postgres)"
     figures: dict[str, dict[str, float]] = {}
     hello_port = free_port()
     hello = subprocess.Popen([PYTHON, "-m", "bench.hello", str(hello_port)], cwd=ROOT)
@@ -171,26 +172,29 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         await delete_streams(servers.nats_url, stream)
     limit = figures["hello"]
     results = []
+    # issue 15: the index at >= 0.5 of hello-world (p99 < 25 ms kept); run pages p99 < 20 ms and >= 0.3.
+    targets = {"index": (25.0, 0.5), "run": (20.0, 0.3)}
     for key, title in (("index", "3a. Web index page `/`"), ("run", "3b. Web run detail page `/runs/{name}`")):
         f = figures[key]
         ratio = f["rps"] / limit["rps"]
-        ok = f["p99"] < 25 and ratio >= 0.3 and f["errors"] == 0
+        max_p99, min_ratio = targets[key]
+        ok = f["p99"] < max_p99 and ratio >= min_ratio and f["errors"] == 0
         results.append(Result(
             title, f"{f['rps']:,.0f} req/s, p50 {f['p50']:.1f} ms, p99 {f['p99']:.1f} ms",
             f"hello-world {limit['rps']:,.0f} req/s, p99 {limit['p99']:.1f} ms", f"{ratio:.2f}",
-            "p99 < 25 ms and >= 0.3", ok,
+            f"p99 < {max_p99:.0f} ms and >= {min_ratio:g}", ok,
             f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
             [f"{runs:,} runs, {details:,} details (scale {web_scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
              f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
-            {"p99": f["p99"] < 25, "ratio": ratio >= 0.3},
+            {"p99": f["p99"] < max_p99, "ratio": ratio >= min_ratio}, server,
         ))
     floor = figures["healthz"]
     results.append(Result(
         "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",
         f"hello-world {limit['rps']:,.0f} req/s", f"{floor['rps'] / limit['rps']:.2f}", "-", None,
         f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
-        ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"],
+        ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"], {}, server,
     ))
     results.append(await healthz_under_guesses(servers, dsn, duration))
     return results, {"web": rss, "hello-world (reference)": hello_rss}
