@@ -40,9 +40,10 @@ STEPS_PER_RUN = 16  # plus created, started, succeeded: 19 events a run
 PUBLISH_WINDOW = 2000  # publish acks outstanding at once
 
 
-def run_events(subjects: Subjects, index: int, start: datetime) -> Iterator[tuple[str, str, bytes]]:
+def run_events(subjects: Subjects, index: int, start: datetime, steps: int = STEPS_PER_RUN) -> Iterator[tuple[str, str, bytes]]:
     """One realistic sync run as (subject, event_id, JSON): created, started, 16 steps (some updating a
-    progress detail in place), succeeded."""
+    progress detail in place), succeeded. With steps=0: created, started, succeeded (the peer row's
+    equivalent of Celery's task-received, task-started, task-succeeded)."""
     run_id = uuid.uuid4()
     name = (start + timedelta(seconds=index)).strftime("%Y%m%d%H%M%S")
     common = {"run_id": run_id, "name": name, "job": "sync_open_orders"}
@@ -51,23 +52,23 @@ def run_events(subjects: Subjects, index: int, start: datetime) -> Iterator[tupl
         RunCreated(**common, seq=1, occurred_at=at, trigger="schedule", worker_id="bench-worker"),
         RunStarted(**common, seq=2, occurred_at=at, worker_id="bench-worker", host="bench-host", pid=4242),
     ]
-    for step in range(STEPS_PER_RUN):
+    for step in range(steps):
         key = "progress" if 4 <= step < 12 else f"step-{step}"  # progress updates one detail in place
         events.append(StepLogged(**common, seq=3 + step, occurred_at=at, key=key,
                                  message=f"Upserted {step * 2500} of 40000 orders ({step * 6}%)",
                                  data={"done": step * 2500, "total": 40000} if key == "progress" else None))
-    events.append(RunSucceeded(**common, seq=3 + STEPS_PER_RUN, occurred_at=at,
+    events.append(RunSucceeded(**common, seq=3 + steps, occurred_at=at,
                                stats={"fetched": 40000, "inserted": 12, "updated": 340, "closed": 3}, duration_ms=900))
     for event in events:
         yield subjects.for_event(event), str(event.event_id), event.model_dump_json().encode()
 
 
-def build_events(subjects: Subjects, total: int) -> tuple[list[tuple[str, str, bytes]], int, int]:
+def build_events(subjects: Subjects, total: int, steps: int = STEPS_PER_RUN) -> tuple[list[tuple[str, str, bytes]], int, int]:
     """About total events as whole runs: (messages, runs, distinct details)."""
-    runs = max(1, total // (STEPS_PER_RUN + 3))
+    runs = max(1, total // (steps + 3))
     start = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    messages = [m for i in range(runs) for m in run_events(subjects, i, start)]
-    details = runs * len({"progress" if 4 <= s < 12 else f"step-{s}" for s in range(STEPS_PER_RUN)})
+    messages = [m for i in range(runs) for m in run_events(subjects, i, start, steps)]
+    details = runs * len({"progress" if 4 <= s < 12 else f"step-{s}" for s in range(steps)})
     return messages, runs, details
 
 
@@ -140,15 +141,7 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
                 timeout=900)).stdout.split())
             limit = max(plain, ahead)
             env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_BATCH_SIZE=str(batch))
-            with service_process("recorder", env) as process:
-                # Time from the first committed batch, so the process's start-up is not counted.
-                await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
-                first_at, first = time.perf_counter(), await applied(conn)
-                done = await wait_until(lambda: _reached(conn, len(messages)), timeout=600, interval=0.02)
-                elapsed = time.perf_counter() - first_at
-                rss = peak_rss_mb(process.pid)
-                final = await applied(conn)
-            rate = (final - first) / elapsed if elapsed > 0 else 0.0
+            rate, done, rss = await recorder_rate(conn, env, len(messages))
             rows = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
                                        " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
         finally:
@@ -165,6 +158,20 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
         {"ratio": ratio >= 0.95, "exact": complete}, server,
     )
     return [result], {"recorder (throughput)": rss}
+
+
+async def recorder_rate(conn: asyncpg.Connection, env: dict[str, str], total: int) -> tuple[float, bool, float]:
+    """`python -m joblog recorder` as its own process on a stream already holding total events:
+    (events/s from its first committed batch to the last, whether all were applied, its peak RSS)."""
+    with service_process("recorder", env) as process:
+        # Time from the first committed batch, so the process's start-up is not counted.
+        await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
+        first_at, first = time.perf_counter(), await applied(conn)
+        done = await wait_until(lambda: _reached(conn, total), timeout=600, interval=0.02)
+        elapsed = time.perf_counter() - first_at
+        rss = peak_rss_mb(process.pid)
+        final = await applied(conn)
+    return ((final - first) / elapsed if elapsed > 0 else 0.0), done, rss
 
 
 async def _positive(conn: asyncpg.Connection) -> bool:
