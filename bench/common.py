@@ -199,10 +199,14 @@ def service_env(nats_url: str, dsn: str, stream: str, prefix: str, **extra: str)
 
 
 @contextlib.contextmanager
-def service_process(subcommand: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m joblog <subcommand>` as a child; SIGTERM (then kill) on exit."""
+def service_process(subcommand: str, env: dict[str, str], tree: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m joblog <subcommand>` as a child; SIGTERM (then kill) on exit.
+
+    tree: the checkout whose code runs (its directory comes first on sys.path), for a
+    before/after in the same run (JOBLOG_BENCH_BASELINE)."""
     log = open(ROOT / ".joblog" / f"bench-{subcommand}.log", "wb") if (ROOT / ".joblog").is_dir() else subprocess.DEVNULL
-    process = subprocess.Popen([PYTHON, "-m", "joblog", subcommand], env=env, cwd=ROOT, stdout=log, stderr=log)
+    env = {**env, "PYTHONPATH": str(tree)} if tree != ROOT else env
+    process = subprocess.Popen([PYTHON, "-m", "joblog", subcommand], env=env, cwd=tree, stdout=log, stderr=log)
     spy = None
     if os.environ.get("JOBLOG_BENCH_PYSPY"):
         # Profile every service process of the run: collapsed stacks, `python -m bench.profile_web` summarizes them.

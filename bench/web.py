@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, nats_server_version, peak_rss_mb, scale, service_env, service_process
 from bench.web_data import ensure_dataset, run_name, web_scale
@@ -135,6 +136,32 @@ async def healthz_under_guesses(servers: Servers, dsn: str, duration: int) -> Re
     )
 
 
+async def measure_baseline(servers: Servers, dsn: str, runs: int, duration: int) -> dict[str, Any] | None:
+    """JOBLOG_BENCH_BASELINE=<another checkout> (e.g. /work/main): its web on the same dataset, same load, same run."""
+    import os
+
+    tree = os.environ.get("JOBLOG_BENCH_BASELINE")
+    if not tree:
+        return None
+    commit = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    tag = uuid.uuid4().hex[:8]
+    stream, port = f"BENCH_WEB_{tag}", free_port()
+    env = service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port))
+    found: dict[str, Any] = {"tree": f"{tree} at {commit}"}
+    try:
+        with service_process("web", env, Path(tree)), tempfile.TemporaryDirectory() as tmp:
+            wait_for_port(port)
+            base = f"http://127.0.0.1:{port}"
+            script = detail_script(runs, Path(tmp))
+            await asyncio.to_thread(wrk, base + "/", WARMUP_SECONDS)
+            found["index"] = await asyncio.to_thread(wrk, base + "/", duration)
+            await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
+            found["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
+    finally:
+        await delete_streams(servers.nats_url, stream)
+    return found
+
+
 async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     if not shutil.which("wrk"):
         raise RuntimeError("wrk not found: apt-get install -y wrk")
@@ -170,6 +197,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             rss = peak_rss_mb(process.pid)
     finally:
         await delete_streams(servers.nats_url, stream)
+    baseline = await measure_baseline(servers, dsn, runs, duration)
     limit = figures["hello"]
     results = []
     # issue 15: the index at >= 0.5 of hello-world (p99 < 25 ms kept); run pages p99 < 20 ms and >= 0.3.
@@ -186,7 +214,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
             [f"{runs:,} runs, {details:,} details (scale {web_scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
-             f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
+             f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")]
+            + ([f"before, same run ({baseline['tree']}): {baseline[key]['rps']:,.0f} req/s, p50 {baseline[key]['p50']:.1f} ms, "
+                f"p99 {baseline[key]['p99']:.1f} ms, {baseline[key]['rps'] / limit['rps']:.2f} of hello-world"] if baseline else []),
             {"p99": f["p99"] < max_p99, "ratio": ratio >= min_ratio}, server,
         ))
     floor = figures["healthz"]
