@@ -89,7 +89,7 @@ async def timed_sync(settings: WorkerSettings, pool: asyncpg.Pool) -> tuple[floa
     return seconds, {"stats": stats}
 
 
-async def bench(admin_dsn: str, orders: int, batch_size: int, workdir: Path) -> None:
+async def bench(admin_dsn: str, orders: int, batch_size: int, workdir: Path, drop_indexes: list[str] | None = None) -> None:
     csv_path = workdir / "orders.csv"
     write_csv(csv_path, generate_orders(orders))
     print(f"orders: {orders:,} in {csv_path.stat().st_size / 1e6:.1f} MB of CSV, batch size {batch_size:,}")
@@ -100,6 +100,9 @@ async def bench(admin_dsn: str, orders: int, batch_size: int, workdir: Path) -> 
     try:
         conn = await asyncpg.connect(dsn)
         await migrate(conn)
+        for index in drop_indexes or []:  # what an index costs the sync (and the limit), measured by its absence
+            await conn.execute(f'DROP INDEX "{index}"')
+            print(f"dropped index {index}")
         settings = WorkerSettings(database_url=dsn, orders_csv_path=csv_path, sync_batch_size=batch_size)
         rss_before = peak_rss_mb()
         async with asyncpg.create_pool(dsn, min_size=2, max_size=4) as pool:
@@ -141,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--drop-index", action="append", default=[], help="drop this index of open_orders first (repeatable)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="joblog-bench-") as tmp:
         workdir = Path(tmp)
@@ -154,7 +158,7 @@ def main() -> None:
             admin_dsn = server.dsn
             print(f"Postgres: embedded, {admin_dsn.rsplit('@', 1)[-1]}")
         try:
-            asyncio.run(bench(admin_dsn, args.orders, args.batch_size, workdir))
+            asyncio.run(bench(admin_dsn, args.orders, args.batch_size, workdir, args.drop_index))
         finally:
             if server:
                 server.stop()
