@@ -88,11 +88,13 @@ async def curves(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         points = "; ".join(f"{n:,} runs: {by_size[n][label]['rps']:,.0f} req/s, p50 {by_size[n][label]['p50']:.1f} ms, "
                            f"p99 {by_size[n][label]['p99']:.1f} ms" for n in sizes)
         a, b = by_size[small][label]["p50"], by_size[large][label]["p50"]
-        slope = math.log(b / a) / math.log(large / small) if a > 0 and b > 0 and large > small else 0.0
         errors = sum(by_size[n][label]["errors"] for n in sizes)
+        silent = [n for n in sizes if by_size[n][label]["requests"] == 0]  # nothing answered within wrk's timeout
+        slope = math.log(b / a) / math.log(large / small) if a > 0 and b > 0 and large > small else math.inf
         results.append(Result(
-            f"8. Cost curve: {label}", points, f"the same page at {small:,} runs", f"slope {slope:+.2f}",
-            "flat (slope ~0)", abs(slope) < 0.2 and errors == 0,
+            f"8. Cost curve: {label}", points, f"the same page at {small:,} runs",
+            f"slope {slope:+.2f}" if not silent else f"no request answered at {', '.join(f'{n:,}' for n in silent)} runs",
+            "flat (slope ~0)", abs(slope) < 0.2 and errors == 0 and not silent,
             f"JOBLOG_BENCH_CURVE_SIZES={','.join(map(str, sizes))} .venv/bin/python -m bench curves",
             [f"wrk -t1 -c{CONNECTIONS} -d{SECONDS}s after {WARMUP} s; 20 details per run; errors or non-2xx: {errors:.0f}"],
             {}, server,
