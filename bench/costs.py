@@ -75,6 +75,11 @@ async def main() -> None:
     per_event("  of which uuid.uuid4()", lambda: [uuid.uuid4() for _ in range(N)], N)
     steps = build()
     per_event("outbox encode (subject + model_dump_json)", lambda: encode(subjects, steps), N)
+    from services.sync_worker.outbox import StepEncoder
+
+    encoder = StepEncoder(subjects, run_id, "20250101000000", "sync_open_orders")
+    per_event("StepEncoder.row (what ctx.log does instead of the two above)",
+              lambda: [encoder.row(i + 1, f"step-{i % 1000}", f"Processed order SO-{i:07d}", "info", None) for i in range(N)], N)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The recorder's limit, in a process of its own like the recorder: fetch batches, ack each message, nothing else.
 
-    .venv/bin/python -m bench.raw_consumer NATS_URL STREAM SUBJECT TOTAL BATCH
+    .venv/bin/python -m bench.raw_consumer NATS_URL STREAM TOTAL BATCH
 
 Prints two rates (events/s): fetch-then-ack, and with the next fetch under way while acking.
 """
@@ -14,17 +14,17 @@ import nats
 from bench.recorder import raw_pull_and_ack
 
 
-async def main(url: str, stream: str, subject: str, total: int, batch: int) -> None:
+async def main(url: str, stream: str, total: int, batch: int) -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream(timeout=30)
-        plain = await raw_pull_and_ack(js, stream, subject, total, batch)
-        ahead = await raw_pull_and_ack(js, stream, subject, total, batch, ahead=True)
+        plain = await raw_pull_and_ack(js, stream, total, batch)
+        ahead = await raw_pull_and_ack(js, stream, total, batch, ahead=True)
         print(plain, ahead)
     finally:
         await nc.close()
 
 
 if __name__ == "__main__":
-    url, stream, subject, total, batch = sys.argv[1:6]
-    asyncio.run(main(url, stream, subject, int(total), int(batch)))
+    url, stream, total, batch = sys.argv[1:5]
+    asyncio.run(main(url, stream, int(total), int(batch)))

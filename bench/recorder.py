@@ -27,6 +27,7 @@ from bench.common import (
     percentile,
     scale,
     scratch,
+    server_of,
     service_env,
     service_process,
     wait_until,
@@ -39,9 +40,10 @@ STEPS_PER_RUN = 16  # plus created, started, succeeded: 19 events a run
 PUBLISH_WINDOW = 2000  # publish acks outstanding at once
 
 
-def run_events(subjects: Subjects, index: int, start: datetime) -> Iterator[tuple[str, str, bytes]]:
+def run_events(subjects: Subjects, index: int, start: datetime, steps: int = STEPS_PER_RUN) -> Iterator[tuple[str, str, bytes]]:
     """One realistic sync run as (subject, event_id, JSON): created, started, 16 steps (some updating a
-    progress detail in place), succeeded."""
+    progress detail in place), succeeded. With steps=0: created, started, succeeded (the peer row's
+    equivalent of Celery's task-received, task-started, task-succeeded)."""
     run_id = uuid.uuid4()
     name = (start + timedelta(seconds=index)).strftime("%Y%m%d%H%M%S")
     common = {"run_id": run_id, "name": name, "job": "sync_open_orders"}
@@ -50,23 +52,23 @@ def run_events(subjects: Subjects, index: int, start: datetime) -> Iterator[tupl
         RunCreated(**common, seq=1, occurred_at=at, trigger="schedule", worker_id="bench-worker"),
         RunStarted(**common, seq=2, occurred_at=at, worker_id="bench-worker", host="bench-host", pid=4242),
     ]
-    for step in range(STEPS_PER_RUN):
+    for step in range(steps):
         key = "progress" if 4 <= step < 12 else f"step-{step}"  # progress updates one detail in place
         events.append(StepLogged(**common, seq=3 + step, occurred_at=at, key=key,
                                  message=f"Upserted {step * 2500} of 40000 orders ({step * 6}%)",
                                  data={"done": step * 2500, "total": 40000} if key == "progress" else None))
-    events.append(RunSucceeded(**common, seq=3 + STEPS_PER_RUN, occurred_at=at,
+    events.append(RunSucceeded(**common, seq=3 + steps, occurred_at=at,
                                stats={"fetched": 40000, "inserted": 12, "updated": 340, "closed": 3}, duration_ms=900))
     for event in events:
         yield subjects.for_event(event), str(event.event_id), event.model_dump_json().encode()
 
 
-def build_events(subjects: Subjects, total: int) -> tuple[list[tuple[str, str, bytes]], int, int]:
+def build_events(subjects: Subjects, total: int, steps: int = STEPS_PER_RUN) -> tuple[list[tuple[str, str, bytes]], int, int]:
     """About total events as whole runs: (messages, runs, distinct details)."""
-    runs = max(1, total // (STEPS_PER_RUN + 3))
+    runs = max(1, total // (steps + 3))
     start = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    messages = [m for i in range(runs) for m in run_events(subjects, i, start)]
-    details = runs * len({"progress" if 4 <= s < 12 else f"step-{s}" for s in range(STEPS_PER_RUN)})
+    messages = [m for i in range(runs) for m in run_events(subjects, i, start, steps)]
+    details = runs * len({"progress" if 4 <= s < 12 else f"step-{s}" for s in range(steps)})
     return messages, runs, details
 
 
@@ -79,14 +81,17 @@ async def publish_all(js, messages: list[tuple[str, str, bytes]]) -> float:  # t
     return len(messages) / (time.perf_counter() - started)
 
 
-async def raw_pull_and_ack(js, stream: str, subject: str, total: int, batch: int, ahead: bool = False) -> float:  # type: ignore[no-untyped-def]
+async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool = False) -> float:  # type: ignore[no-untyped-def]
     """The limit for a consumer: fetch batches and ack every message, doing nothing else. Events/s.
 
-    With ahead, the next fetch is already under way while a batch is acked (as a pipelined consumer would)."""
-    sub = await js.pull_subscribe(
-        subject, durable=f"bench_raw_{'ahead' if ahead else 'plain'}", stream=stream,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, max_ack_pending=50_000),
-    )
+    The consumer is configured as the recorder's is (services/log_recorder/main.py consumer_config):
+    the whole stream, no subject filter. With ahead, the next fetch is already under way while a
+    batch is acked (as a pipelined consumer would)."""
+    durable = f"bench_raw_{'ahead' if ahead else 'plain'}"
+    await js.add_consumer(stream, ConsumerConfig(
+        name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=50_000, max_deliver=-1))
+    sub = await js.pull_subscribe_bind(durable, stream=stream)
 
     async def fetch() -> list:  # type: ignore[type-arg]
         try:
@@ -126,24 +131,17 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
         conn = await asyncpg.connect(dsn)
         try:
             js = nc.jetstream(timeout=30)
+            server = server_of(nc)
             await ensure_streams(js, subjects)
             publish_rate = await publish_all(js, messages)
             # In its own process, like the recorder: the same fresh interpreter and a core of its own.
             plain, ahead = map(float, (await asyncio.to_thread(
-                subprocess.run, [PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream, subjects.runs,
+                subprocess.run, [PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream,
                                  str(len(messages)), str(batch)], cwd=ROOT, capture_output=True, text=True, check=True,
                 timeout=900)).stdout.split())
             limit = max(plain, ahead)
             env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_BATCH_SIZE=str(batch))
-            with service_process("recorder", env) as process:
-                # Time from the first committed batch, so the process's start-up is not counted.
-                await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
-                first_at, first = time.perf_counter(), await applied(conn)
-                done = await wait_until(lambda: _reached(conn, len(messages)), timeout=600, interval=0.02)
-                elapsed = time.perf_counter() - first_at
-                rss = peak_rss_mb(process.pid)
-                final = await applied(conn)
-            rate = (final - first) / elapsed if elapsed > 0 else 0.0
+            rate, done, rss = await recorder_rate(conn, env, len(messages))
             rows = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
                                        " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
         finally:
@@ -153,13 +151,27 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
     ratio = rate / limit if limit else 0.0
     result = Result(
         "1. Recorder throughput", f"{rate:,.0f} events/s", f"{limit:,.0f} events/s (raw pull+ack, batch {batch}, best of plain {plain:,.0f} and fetch-ahead {ahead:,.0f})",
-        f"{ratio:.2f}", ">= 0.7 and >= 20,000 events/s", ratio >= 0.7 and rate >= 20_000 and complete,
+        f"{ratio:.2f}", ">= 0.95 of raw pull+ack", ratio >= 0.95 and complete,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_throughput",
         [f"{len(messages):,} events ({runs:,} runs, {details:,} details); the limit and the recorder each run as their own process; publish rate {publish_rate:,.0f} events/s; "
          f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)"],
-        {"ratio": ratio >= 0.7, "20k/s": rate >= 20_000, "exact": complete},
+        {"ratio": ratio >= 0.95, "exact": complete}, server,
     )
     return [result], {"recorder (throughput)": rss}
+
+
+async def recorder_rate(conn: asyncpg.Connection, env: dict[str, str], total: int) -> tuple[float, bool, float]:
+    """`python -m joblog recorder` as its own process on a stream already holding total events:
+    (events/s from its first committed batch to the last, whether all were applied, its peak RSS)."""
+    with service_process("recorder", env) as process:
+        # Time from the first committed batch, so the process's start-up is not counted.
+        await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
+        first_at, first = time.perf_counter(), await applied(conn)
+        done = await wait_until(lambda: _reached(conn, total), timeout=600, interval=0.02)
+        elapsed = time.perf_counter() - first_at
+        rss = peak_rss_mb(process.pid)
+        final = await applied(conn)
+    return ((final - first) / elapsed if elapsed > 0 else 0.0), done, rss
 
 
 async def _positive(conn: asyncpg.Connection) -> bool:
@@ -236,7 +248,7 @@ async def steady_publish(js, subjects: Subjects, run_ids: list[uuid.UUID], rate:
     return count
 
 
-async def raw_round_trip(js, subjects: Subjects, rate: int, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
+async def raw_round_trip(nc, js, subjects: Subjects, rate: int, seconds: float) -> list[float]:  # type: ignore[no-untyped-def]
     """The limit: the same steady publishing, consumed by a push consumer that acks; ms from occurred_at to receipt."""
     lags: list[float] = []
 
@@ -246,8 +258,12 @@ async def raw_round_trip(js, subjects: Subjects, rate: int, seconds: float) -> l
         lags.append((now - occurred) * 1000)
         await message.ack()
 
-    sub = await js.subscribe(subjects.runs, stream=subjects.stream, cb=received, manual_ack=True,
-                             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW))
+    # A push consumer on the whole stream, no subject filter (as the recorder's consumer).
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=received)
+    await js.add_consumer(subjects.stream, ConsumerConfig(
+        durable_name="bench_raw_push", deliver_subject=inbox, ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW, max_ack_pending=50_000))
     run_ids = [uuid.uuid4() for _ in range(20)]
     await steady_publish(js, subjects, run_ids, rate, seconds, {}, 2)
     await asyncio.sleep(0.5)
@@ -287,12 +303,13 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
         nc = await nats.connect(servers.nats_url)
         try:
             js = nc.jetstream(timeout=30)
+            server = server_of(nc)
             await ensure_streams(js, subjects)
             # The limit runs on a stream of its own, so its events never reach the recorder.
             raw = Subjects(prefix=f"{prefix}raw", stream=f"{stream}_RAW")
             await ensure_streams(js, raw)
             try:
-                limit_lags = await raw_round_trip(js, raw, rate, seconds)
+                limit_lags = await raw_round_trip(nc, js, raw, rate, seconds)
             finally:
                 await delete_streams(servers.nats_url, raw.stream)
             commits = await commit_latency(dsn)
@@ -330,10 +347,10 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
         "2. Projection lag", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
         f"raw publish->consume p50 {limit_p50:.1f} ms, p99 {limit_p99:.1f} ms; "
         f"a one-row commit alone p50 {commit_p50:.1f} ms, p99 {commit_p99:.1f} ms",
-        f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 50 ms", p99 < 50 and len(lags) >= count,
+        f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 20 ms", p99 < 20 and len(lags) >= count,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_lag",
         [f"{count:,} step events at {rate:,}/s for {seconds:.0f} s over 20 runs; {len(lags):,} seen visible; "
          f"visibility polled every ~2 ms (poll query median {median(watcher.poll_ms):.1f} ms, part of the figure); "
-         f"max {max(lags or [0]):.0f} ms"],
+         f"max {max(lags or [0]):.0f} ms"], {}, server,
     )
     return [result], {"recorder (lag)": rss}

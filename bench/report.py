@@ -71,9 +71,9 @@ def machine(servers: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> 
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| Benchmark | Figure | Limit (same run) | Ratio | Target | Met? |", "|---|---|---|---|---|---|"]
+    lines = ["| Benchmark | Figure | Limit (same run) | Ratio | Target | Met? | Server |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.benchmark} | {r.figure} | {r.limit} | {r.ratio} | {r.target} | {r.verdict} |")
+        lines.append(f"| {r.benchmark} | {r.figure} | {r.limit} | {r.ratio} | {r.target} | {r.verdict} | {r.server or '-'} |")
     lines.append("")
     lines.append("Notes and the command that reproduces each figure:")
     lines.append("")

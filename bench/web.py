@@ -17,8 +17,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
-from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, peak_rss_mb, scale, service_env, service_process
+from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, nats_server_version, peak_rss_mb, scale, service_env, service_process
 from bench.web_data import ensure_dataset, run_name, web_scale
 from bench.web_search import search_result, search_script
 from joblog.servers import free_port, port_open
@@ -132,8 +133,34 @@ async def healthz_under_guesses(servers: Servers, dsn: str, duration: int) -> Re
         [f"same web process, JOBLOG_ADMIN_PASSWORD_HASH at {600_000:,} PBKDF2 iterations, per-address limit off so every "
          f"guess is checked; wrk -t1 -c{CONNECTIONS} -d{duration}s each; the guesses were answered: {answered} "
          "(401: checked in the password thread; 503: refused at once, the check queue being full)"],
-        {"ratio": ratio <= 3, "errors": flooded["errors"] == 0},
+        {"ratio": ratio <= 3, "errors": flooded["errors"] == 0}, await nats_server_version(servers.nats_url),
     )
+
+
+async def measure_baseline(servers: Servers, dsn: str, runs: int, duration: int) -> dict[str, Any] | None:
+    """JOBLOG_BENCH_BASELINE=<another checkout> (e.g. /work/main): its web on the same dataset, same load, same run."""
+    import os
+
+    tree = os.environ.get("JOBLOG_BENCH_BASELINE")
+    if not tree:
+        return None
+    commit = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    tag = uuid.uuid4().hex[:8]
+    stream, port = f"BENCH_WEB_{tag}", free_port()
+    env = service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port))
+    found: dict[str, Any] = {"tree": f"{tree} at {commit}"}
+    try:
+        with service_process("web", env, Path(tree)), tempfile.TemporaryDirectory() as tmp:
+            wait_for_port(port)
+            base = f"http://127.0.0.1:{port}"
+            script = detail_script(runs, Path(tmp))
+            await asyncio.to_thread(wrk, base + "/", WARMUP_SECONDS)
+            found["index"] = await asyncio.to_thread(wrk, base + "/", duration)
+            await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
+            found["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
+    finally:
+        await delete_streams(servers.nats_url, stream)
+    return found
 
 
 async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
@@ -141,6 +168,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         raise RuntimeError("wrk not found: apt-get install -y wrk")
     dsn, runs, details, built = await ensure_dataset(servers)
     duration = seconds()
+    server = await nats_server_version(servers.nats_url) + " (the web's live feed; pages read Postgres)"
     figures: dict[str, dict[str, float]] = {}
     hello_port = free_port()
     hello = subprocess.Popen([PYTHON, "-m", "bench.hello", str(hello_port)], cwd=ROOT)
@@ -173,21 +201,27 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             rss = peak_rss_mb(process.pid)
     finally:
         await delete_streams(servers.nats_url, stream)
+    baseline = await measure_baseline(servers, dsn, runs, duration)
     limit = figures["hello"]
     results = []
+    # issue 15: the index at >= 0.5 of hello-world (p99 < 25 ms kept); run pages p99 < 20 ms and >= 0.3.
+    targets = {"index": (25.0, 0.5), "run": (20.0, 0.3)}
     for key, title in (("index", "3a. Web index page `/`"), ("run", "3b. Web run detail page `/runs/{name}`")):
         f = figures[key]
         ratio = f["rps"] / limit["rps"]
-        ok = f["p99"] < 25 and ratio >= 0.3 and f["errors"] == 0
+        max_p99, min_ratio = targets[key]
+        ok = f["p99"] < max_p99 and ratio >= min_ratio and f["errors"] == 0
         results.append(Result(
             title, f"{f['rps']:,.0f} req/s, p50 {f['p50']:.1f} ms, p99 {f['p99']:.1f} ms",
             f"hello-world {limit['rps']:,.0f} req/s, p99 {limit['p99']:.1f} ms", f"{ratio:.2f}",
-            "p99 < 25 ms and >= 0.3", ok,
+            f"p99 < {max_p99:.0f} ms and >= {min_ratio:g}", ok,
             f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
             [f"{runs:,} runs, {details:,} details (scale {web_scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
-             f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
-            {"p99": f["p99"] < 25, "ratio": ratio >= 0.3},
+             f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")]
+            + ([f"before, same run ({baseline['tree']}): {baseline[key]['rps']:,.0f} req/s, p50 {baseline[key]['p50']:.1f} ms, "
+                f"p99 {baseline[key]['p99']:.1f} ms, {baseline[key]['rps'] / limit['rps']:.2f} of hello-world"] if baseline else []),
+            {"p99": f["p99"] < max_p99, "ratio": ratio >= min_ratio}, server,
         ))
     results.append(search_result(
         figures["search"], figures["index"], runs, details, f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up",
@@ -197,7 +231,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",
         f"hello-world {limit['rps']:,.0f} req/s", f"{floor['rps'] / limit['rps']:.2f}", "-", None,
         f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
-        ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"],
+        ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"], {}, server,
     ))
     results.append(await healthz_under_guesses(servers, dsn, duration))
     return results, {"web": rss, "hello-world (reference)": hello_rss}

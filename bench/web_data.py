@@ -77,13 +77,14 @@ def web_scale() -> float:
     return float(os.environ.get("JOBLOG_BENCH_WEB_SCALE") or scale())
 
 
-def database() -> str:
+def database(at: float | None = None) -> str:
     """joblog_bench_web at full size; a quicker scale gets its own, so it never wipes the big one."""
-    return DATABASE if web_scale() == 1 else f"{DATABASE}_{str(web_scale()).replace('.', '_')}"
+    at = web_scale() if at is None else at
+    return DATABASE if at == 1 else f"{DATABASE}_{str(at).replace('.', '_')}"
 
 
-def sizes() -> tuple[int, int]:
-    runs = max(1000, int(RUNS_AT_SCALE_1 * web_scale()))
+def sizes(at: float | None = None) -> tuple[int, int]:
+    runs = max(1000, int(RUNS_AT_SCALE_1 * (web_scale() if at is None else at)))
     return runs, runs * DETAILS_PER_RUN
 
 
@@ -101,10 +102,11 @@ async def cached(conn: asyncpg.Connection, runs: int, details: int) -> bool:
     return abs(estimate - details) <= details * 0.05
 
 
-async def ensure_dataset(servers: Servers, progress=print) -> tuple[str, int, int, float]:  # type: ignore[no-untyped-def]
-    """The DSN of the cached dataset, building it if needed: (dsn, runs, details, build seconds or 0)."""
-    runs, details = sizes()
-    name = database()
+async def ensure_dataset(servers: Servers, progress=print, at: float | None = None) -> tuple[str, int, int, float]:  # type: ignore[no-untyped-def]
+    """The DSN of the cached dataset (at this scale, else the web scale), building it if needed:
+    (dsn, runs, details, build seconds or 0)."""
+    runs, details = sizes(at)
+    name = database(at)
     dsn = servers.dsn(name)
     admin = await asyncpg.connect(servers.admin_dsn)
     try:

@@ -31,7 +31,7 @@ FETCH_OUTBOX = "SELECT id, subject, event_id, payload FROM outbox ORDER BY id LI
 DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 
 
-async def append_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, uuid.UUID, bytes]]) -> None:
+async def append_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, uuid.UUID | str, bytes]]) -> None:
     """Keep events durably until JetStream has them; NOTIFY wakes the relay."""
     await conn.copy_records_to_table("outbox", records=rows, columns=OUTBOX_COLUMNS)
     await conn.execute("SELECT pg_notify('joblog_outbox', '')")

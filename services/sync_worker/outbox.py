@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import asyncpg
 import structlog
@@ -29,9 +33,71 @@ class NatsUnreachable(Exception):
     """JetStream did not acknowledge what the relay published."""
 
 
-def encode(subjects: Subjects, events: Sequence[RunEvent]) -> list[tuple[str, uuid.UUID, bytes]]:
-    """Outbox rows for events: (subject, event_id, JSON payload)."""
-    return [(subjects.for_event(e), e.event_id, e.model_dump_json().encode()) for e in events]
+# An outbox row: (subject, event_id, JSON payload); the event_id as a UUID or its canonical text.
+OutboxRow = tuple[str, Union[uuid.UUID, str], bytes]
+
+
+def encode(subjects: Subjects, events: Sequence[RunEvent | OutboxRow]) -> list[OutboxRow]:
+    """Outbox rows for events (an already encoded row, from StepEncoder, is taken as it is)."""
+    return [e if isinstance(e, tuple) else (subjects.for_event(e), e.event_id, e.model_dump_json().encode()) for e in events]
+
+
+_LEVELS = frozenset(("debug", "info", "warning", "error"))
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+class StepEncoder:
+    """run.step events of one run straight to their outbox row: one JSON serialisation per event.
+
+    ctx.log is the worker's hot path. Building and validating a StepLogged model and then dumping
+    it costs ~16 µs per event; the worker itself fills the run's fields (validated once, when the
+    run was created), so only what the job passes (key, message, level, data) is checked here,
+    against the same limits as the contract (StepLogged). The JSON is the model's field for field
+    (tests/sync_worker/test_step_encoder.py parses it with parse_event and compares). Anything
+    this cannot encode exactly as the model would (a data value JSON does not know, NaN, text
+    that is not valid Unicode, a limit broken) returns None, and the caller takes the model's
+    path, which validates and reports as before.
+    """
+
+    def __init__(self, subjects: Subjects, run_id: uuid.UUID, name: str, job: str) -> None:
+        self.subject = f"{subjects.prefix}.run.{job}.{name}.step"
+        self._head = b'{"schema_version":1,"event_id":"'
+        self._run = f'","run_id":"{run_id}","name":{_dumps(name)},"job":{_dumps(job)},"seq":'.encode()
+        self._second = -1
+        self._stamp = ""
+        self._ids: list[str] = []
+
+    def _event_id(self) -> str:
+        """A fresh uuid4 in its canonical text; the random bytes are read 256 ids at a time."""
+        if not self._ids:
+            raw = bytearray(os.urandom(16 * 256))
+            for i in range(0, len(raw), 16):
+                raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+                raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+            h = raw.hex()
+            self._ids = [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+                         for i in range(0, len(h), 32)]
+        return self._ids.pop()
+
+    def _occurred_at(self) -> str:
+        """Now, as pydantic writes an AwareDatetime in UTC: 2026-01-31T12:34:56.123456Z."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        micros = int((now - second) * 1_000_000)
+        return f"{self._stamp}.{micros:06d}Z" if micros else f"{self._stamp}Z"
+
+    def row(self, seq: int, key: str, message: str, level: str, data: dict[str, Any] | None) -> OutboxRow | None:
+        if not (0 < len(key) <= 200 and len(message) <= 20_000 and level in _LEVELS):
+            return None
+        event_id = self._event_id()
+        try:
+            tail = (f',"occurred_at":"{self._occurred_at()}","type":"run.step","key":{_dumps(key)},'
+                    f'"message":{_dumps(message)},"level":"{level}","data":{_dumps(data) if data else "null"}}}').encode()
+        except (TypeError, ValueError):  # not JSON as-is (UnicodeEncodeError is a ValueError): the model's path
+            return None
+        return self.subject, event_id, self._head + event_id.encode() + self._run + str(seq).encode() + tail
 
 
 class Relay:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from services.contracts.nats import connect
 from services.contracts.subjects import close_nats
-from services.web.cache import PageCache
+from services.web.cache import PageCache, ProjectionVersion
 from services.web.directory import WorkerDirectory
 from services.web.accounts import Authenticator, accounts_from
 from services.web.keys import AUTHENTICATOR, DIRECTORY, FEED, METRICS, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
@@ -40,7 +40,10 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=10, reset=_keep_session) as pool:
         app[POOL] = pool
-        yield
+        async with ProjectionVersion(settings.database_url) as version:  # cache hits without a round trip
+            app[PAGE_CACHE].projection = version
+            yield
+            app[PAGE_CACHE].projection = None
 
 
 async def _nats(app: web.Application) -> AsyncIterator[None]:

@@ -10,9 +10,14 @@ for it, or get the expired copy meanwhile, instead of all rendering the same pag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+
+import structlog
+
+log = structlog.get_logger("joblog.web")
 
 
 class PageCache:
@@ -25,6 +30,11 @@ class PageCache:
         self._rendering: dict[Hashable, asyncio.Future[bytes]] = {}
         self.hits = 0
         self.misses = 0
+        self.projection: ProjectionVersion | None = None  # set while the app runs (services.web.app)
+
+    def known_version(self) -> int | None:
+        """The projection's version as last announced, or None (not listening: ask the database)."""
+        return self.projection.current if self.projection is not None else None
 
     async def page(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> bytes:
         """The page under key: cached, being rendered by another request, or rendered now."""
@@ -59,3 +69,68 @@ class PageCache:
         self._pages.move_to_end(key)
         while len(self._pages) > self.size:
             self._pages.popitem(last=False)
+
+
+class ProjectionVersion:
+    """The projection's version as Postgres announces it (migration 0011: LISTEN joblog_projection).
+
+    A cache hit then needs no database round trip: page_key reads `current` instead of
+    `SELECT version`. One connection of its own listens; after LISTEN it reads the version once
+    (so no bump between the two is missed), then every committed bump arrives as a notification,
+    in commit order. While that connection is down, `current` is None and readers fall back to
+    the SELECT; it reconnects in the background. A notification arrives just after its commit,
+    so a page rendered in between is filed under the previous version with newer rows, never
+    the other way round: it is rendered again when the notification lands.
+    """
+
+    CHANNEL = "joblog_projection"
+    APPLICATION = "joblog-web-projection-version"  # its session in pg_stat_activity
+
+    def __init__(self, dsn: str, retry: float = 1.0) -> None:
+        self.dsn = dsn
+        self.retry = retry
+        self.current: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> "ProjectionVersion":
+        self._task = asyncio.create_task(self._listen(), name="projection-version")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), 5)  # not required: readers fall back meanwhile
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.current = None
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.current = int(payload)
+
+    async def _listen(self) -> None:
+        import asyncpg
+
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, server_settings={"application_name": self.APPLICATION})
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(self.CHANNEL, self._notified)
+                self.current = await conn.fetchval("SELECT version FROM projection_version")
+                self._ready.set()
+                await lost.wait()
+                log.warning("the projection version's listener lost its connection; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # Postgres away or not migrated yet: readers SELECT meanwhile
+                log.warning("cannot listen for the projection version; retrying", error=repr(error))
+            finally:
+                self.current = None
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=2))
+            await asyncio.sleep(self.retry)

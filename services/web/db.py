@@ -130,7 +130,8 @@ async def list_open_orders(
     where, args = "closed_at IS NULL", []  # type: str, list[Any]
     if search:
         args.append(f"%{_like_escape(search)}%")
-        where += " AND (order_number ILIKE $1 OR customer_name ILIKE $1 OR customer_code ILIKE $1)"
+        # The expression of the trigram index open_orders_search (migration 0011).
+        where += " AND (order_number || ' ' || customer_name || ' ' || customer_code) ILIKE $1"
     total = await conn.fetchval(f"SELECT count(*) FROM open_orders WHERE {where}", *args)
     args.extend([limit, offset])
     rows = await conn.fetch(

@@ -17,7 +17,7 @@ from aiohttp import web
 from services.contracts.schedules import next_slot
 from services.web import db
 from services.web.errors import NotFound
-from services.web.keys import DIRECTORY, NATS_CONNECTION, POOL, SETTINGS
+from services.web.keys import DIRECTORY, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
 from services.web.params import encode_cursor
 from services.web.present import Row, present_action, present_run, run_state
 
@@ -227,7 +227,12 @@ async def runs_by_status(app: web.Application) -> dict[str, int]:
 
 
 async def projection_version(app: web.Application) -> int:
-    """Where the projection stands: a page rendered at one version is valid until the next."""
+    """Where the projection stands: a page rendered at one version is valid until the next.
+
+    As Postgres last announced it (services.web.cache.ProjectionVersion), else read."""
+    known = app[PAGE_CACHE].known_version()
+    if known is not None:
+        return known
     async with app[POOL].acquire() as conn:
         return await db.projection_version(conn)
 

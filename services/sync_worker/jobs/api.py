@@ -41,17 +41,20 @@ from services.contracts.events import TriggerKind, utcnow
 from services.contracts.redaction import redact
 from services.sync_worker import db
 from services.sync_worker.errors import UnknownJob
-from services.sync_worker.outbox import encode
+from services.sync_worker.outbox import OutboxRow, StepEncoder, encode
 from services.sync_worker.settings import WorkerSettings
 
 log = structlog.get_logger("joblog.worker")
 
 JobFunction = Callable[["RunContext"], Awaitable[dict[str, Any] | None]]
 
-# log() writes its buffer at FLUSH_SIZE events, and no event waits longer than FLUSH_DELAY
+# log() has its buffer written at FLUSH_SIZE events, and no event waits longer than FLUSH_DELAY
 # even when the job logs nothing after it (a step before a 30 s connect is in the log during it).
-FLUSH_SIZE = 200
+# The write runs in a task of its own while the job goes on (one at a time); the job waits for it
+# only when FLUSH_BACKLOG events are waiting, so a Postgres slower than the job bounds the memory.
+FLUSH_SIZE = 1000
 FLUSH_DELAY = 0.05
+FLUSH_BACKLOG = 4 * FLUSH_SIZE
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class RunContext:
     on_flush: Callable[[], None] = lambda: None
     seq: int = 0
     current_step: str | None = None
-    _buffer: list[RunEvent] = field(default_factory=list)
+    _buffer: list[RunEvent | OutboxRow] = field(default_factory=list)  # events, or run.step rows already encoded
     _last_flush: float = field(default_factory=time.monotonic)
     # A job's helper tasks log too: one flush at a time, so no event is written twice or dropped.
     _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -127,6 +130,7 @@ class RunContext:
     incarnation: uuid.UUID | None = None
     # Set once the run's terminal event (succeeded or failed) is emitted: every run gets exactly one.
     finished: bool = False
+    _steps: StepEncoder | None = None
 
     @property
     def unwritten(self) -> bool:
@@ -153,21 +157,32 @@ class RunContext:
         seq = self.next_seq()
         key = key or f"step-{seq}"
         self.current_step = key
-        self.emit(
-            StepLogged(
-                run_id=self.run_id, name=self.name, job=self.job, seq=seq,
-                key=key, message=redact(message) if "://" in message else message, level=level, data=data or None,
-            )
-        )
+        if "://" in message:
+            message = redact(message)
+        if self._steps is None:
+            self._steps = StepEncoder(self.settings.subjects, self.run_id, self.name, self.job)
+        # The outbox row directly (one serialisation); the model when the encoder cannot vouch for it.
+        row = self._steps.row(seq, key, message, level, data or None) if isinstance(message, str) and isinstance(key, str) else None
+        self.emit(row or StepLogged(
+            run_id=self.run_id, name=self.name, job=self.job, seq=seq, key=key, message=message, level=level, data=data or None,
+        ))
         if conn is not None:
             await self.flush(conn)
         elif len(self._buffer) >= FLUSH_SIZE or time.monotonic() - self._last_flush > FLUSH_DELAY:
-            await self.flush()
+            if not self._background and not self._flushing.locked():
+                self._write_in_background()
+            elif len(self._buffer) >= FLUSH_BACKLOG:
+                await self.flush()  # the writes fall behind the job: wait for them
 
-    def emit(self, event: RunEvent) -> None:
+    def emit(self, event: RunEvent | OutboxRow) -> None:
         self._buffer.append(event)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush_soon)
+
+    def _write_in_background(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush_soon()
 
     def _flush_soon(self) -> None:
         """The timer: write what is still buffered in a task of its own (the job may be awaiting)."""
