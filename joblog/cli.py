@@ -198,6 +198,26 @@ def _trigger_and_wait(settings: CommonSettings, job: str) -> int:
                                     sys.stdout))
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete runs by name, or every run (of a job) created before a date: the web's deletion, for scripts."""
+    from joblog.delete import BadRequest, deletion, describe, send
+    from joblog.trigger import GaveUp
+
+    settings = load_settings(CommonSettings)
+    try:
+        event = deletion(settings, args.names, args.before, args.job, _cli_user())
+    except BadRequest as error:
+        print(f"joblog delete: {error}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(send(settings, event))
+    except GaveUp as error:
+        print(f"joblog delete: {error}", file=sys.stderr)
+        return 1
+    print(describe(event, settings))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Write (or --check) the JSON Schema and AsyncAPI document of the events."""
     from pathlib import Path
@@ -279,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("job", metavar="JOB", help="job id, e.g. sync_open_orders")
     trigger.add_argument("--wait", action="store_true",
                          help="follow the run with a progress bar until it ends; exit 0 on success, 1 on error")
+    delete = add("delete", cmd_delete, "Delete runs, with their messages",
+                 "Needs JOBLOG_NATS_URL. Publishes the same deletion as the web's Delete buttons (audited as cli:<user>): "
+                 "the recorder removes the runs' rows and purges their messages from the stream; a rebuild honours it. "
+                 "Examples: `joblog delete 20261129083000`, `joblog delete --before 2026-01-31 --job sync_open_orders`.")
+    delete.add_argument("names", metavar="NAME", nargs="*", help="run names, e.g. 20261129083000")
+    delete.add_argument("--before", metavar="DATE", default=None,
+                        help="delete every run created before the start of DATE (YYYY-MM-DD, in JOBLOG_TIMEZONE)")
+    delete.add_argument("--job", metavar="JOB", default=None, help="with --before: only this job's runs")
     schema = add("schema", cmd_schema, "Generate the event contract's JSON Schema and AsyncAPI document",
                  "Writes events.schema.json and asyncapi.json from the pydantic models (deterministic); "
                  "needs no server and no JOBLOG_ variable. See docs/events.md.")

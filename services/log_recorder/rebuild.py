@@ -147,7 +147,7 @@ class Replay:
             async with conn.transaction():  # a savepoint inside the swap's transaction
                 for batch in batches:
                     await db.apply_batch(conn, batch, db.REBUILD)
-                await db.store_dead_letters(conn, letters)
+                await db.store_dead_letters(conn, letters, self.settings.dead_letter_payload_bytes)
         except Exception as error:
             if not is_refused(error):
                 raise
@@ -157,7 +157,7 @@ class Replay:
                 await self._apply(conn, messages[:middle])
                 await self._apply(conn, messages[middle:])
             else:
-                await db.store_dead_letters(conn, [refused(messages[0], error, top or None)])
+                await db.store_dead_letters(conn, [refused(messages[0], error, top or None)], self.settings.dead_letter_payload_bytes)
         return top
 
     async def close(self) -> None:
@@ -207,6 +207,34 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
     return last_seq
 
 
+PURGED = "SELECT COALESCE((SELECT purged_messages FROM stream_purges WHERE stream = $1), 0)"
+
+
+async def check_stream(conn: asyncpg.Connection, js: Any, stream: str) -> None:
+    """Refuse a stream that lost messages joblog did not purge itself (limits, a manual purge, a lost node).
+
+    Every sequence up to last_seq held a message once, so last_seq - messages were removed; the
+    reaper counts what it purged (deleted runs' messages) in stream_purges. More removed than that
+    means a rebuild would lose or change the runs those messages held."""
+    state = (await js.stream_info(stream)).state
+    removed = state.last_seq - state.messages
+    purged = await conn.fetchval(PURGED, stream)
+    if removed <= purged:
+        return
+    if state.first_seq > 1 and state.first_seq - 1 > purged:
+        raise RebuildFailed(
+            f"the stream {stream} now starts at message {state.first_seq}: messages 1 to "
+            f"{state.first_seq - 1} are gone (limits, a purge or a lost node) and joblog purged only {purged:,} "
+            "messages of deleted runs, so a rebuild would delete the runs they held; the projection is left as it is "
+            "(a snapshot taken with `joblog snapshot` lets a rebuild start after them)"
+        )
+    raise RebuildFailed(
+        f"{removed - purged:,} messages of the stream {stream} are gone that joblog did not purge (limits, a "
+        "manual purge or a lost node): a rebuild would lose or change the runs they held; the projection is left "
+        "as it is (a snapshot taken with `joblog snapshot` lets a rebuild start after them)"
+    )
+
+
 async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> RebuildReport:
     """Replay the whole run stream into fresh tables and swap them in; the web keeps serving."""
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
@@ -219,13 +247,8 @@ async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> Rebui
         nc = await connect(settings, "joblog-rebuild", reconnect=False)
         js = nc.jetstream(timeout=10)
         await ensure_streams(js, settings.subjects, settings.stream_replicas)
-        state = (await js.stream_info(settings.stream)).state
-        if state.first_seq > 1:
-            raise RebuildFailed(
-                f"the stream {settings.stream} now starts at message {state.first_seq}: messages 1 to "
-                f"{state.first_seq - 1} are gone (limits, a purge or a lost node), and a rebuild would delete the "
-                "runs they held; the projection is left as it is"
-            )
+        async with pool.acquire() as conn:
+            await check_stream(conn, js, settings.stream)
         async with pool.acquire() as conn:
             renames, deferred = await prepare(conn)
         replay = Replay(settings, pool, js)
