@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time
+from typing import Any
 
 from services.contracts import ActionTaken, RunsDeleted
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN
@@ -70,11 +71,24 @@ def audit(event: RunsDeleted) -> ActionTaken:
                        target=event.created_before.isoformat(), detail={"event_id": str(event.event_id)}, source="cli")
 
 
+# How long it keeps trying to reach NATS and publish (a leader election takes a few seconds).
+RETRY_FOR = 60.0
+
+
 async def send(settings: CommonSettings, event: RunsDeleted) -> None:
     """Publish the deletion and its audit entry; retried (same ids, so JetStream keeps one) through a leader change."""
-    from joblog.trigger import connect, retrying
+    import asyncio
 
-    nc = await connect(settings, "joblog-delete")
+    from joblog.trigger import retrying
+    from services.contracts.nats import connect
+
+    async def quiet(error: Exception) -> None:
+        """Reported once, by GaveUp."""
+
+    async def connecting() -> Any:
+        return await asyncio.wait_for(connect(settings, "joblog-delete", error_cb=quiet), 15)
+
+    nc = await retrying(f"reach NATS at {settings.nats_url}", connecting, RETRY_FOR)
     try:
         js = nc.jetstream(timeout=5)
 
@@ -83,9 +97,9 @@ async def send(settings: CommonSettings, event: RunsDeleted) -> None:
             await js.publish(settings.subjects.retention, event.model_dump_json(exclude_none=True).encode(),
                              headers={"Nats-Msg-Id": str(event.event_id)})
 
-        await retrying(f"publish the deletion to NATS at {settings.nats_url}", publish)
+        await retrying(f"publish the deletion to NATS at {settings.nats_url}", publish, RETRY_FOR)
         action = audit(event)
         await retrying(f"record the deletion on the audit trail at {settings.nats_url}",
-                       lambda: publish_action(js, settings.subjects, action))
+                       lambda: publish_action(js, settings.subjects, action), RETRY_FOR)
     finally:
         await close_nats(nc)
