@@ -39,6 +39,8 @@ async def test_delete_by_name_and_before_a_date_of_one_job(services, js, subject
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("asked to delete 2 runs (20261129100000, 20261129110000) (event ")
     assert len(done.stdout.strip().splitlines()) == 1
+    await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM run_deletions"))
+    await eventually(lambda: drained(js, subjects.stream))
     await eventually(lambda: deletions_done(db))
     await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM actions WHERE action = 'delete_runs'"))
     assert await names(db) == {"20261128080000", "20261128090000", "20261128100000"}
@@ -46,6 +48,7 @@ async def test_delete_by_name_and_before_a_date_of_one_job(services, js, subject
     done = joblog(env, "--before", "2026-11-29", "--job", "sync_open_orders")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("asked to delete every run of sync_open_orders created before 2026-11-29 (UTC)")
+    await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM run_deletions"))
     await eventually(lambda: drained(js, subjects.stream))
     await eventually(lambda: deletions_done(db))
     assert await names(db) == {"20261128090000"}  # the other job's run of that day is kept

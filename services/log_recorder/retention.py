@@ -111,8 +111,8 @@ def policy_deletions(settings: RecorderSettings, now: datetime, slot: int) -> li
     (JOBLOG_RETENTION_JOBS) is left out of the general rules."""
     per_job = settings.retention_per_job
     rules: list[tuple[str | None, list[str] | None, float, list[str] | None]] = []
-    for job, days in sorted(per_job.items()):
-        rules.append((job, None, days, ["success", "error"]))
+    for own_job, own_days in sorted(per_job.items()):
+        rules.append((own_job, None, own_days, ["success", "error"]))
     others = sorted(per_job) or None
     ok, failed = settings.retention_days, settings.retention_failed_days
     if ok is not None and failed is not None and ok != failed:

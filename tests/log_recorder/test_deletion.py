@@ -96,6 +96,7 @@ async def test_a_late_event_of_a_deleted_run_is_skipped_and_purged_too(services,
     await publish(js, subjects, events)
     await eventually(lambda: drained(js, subjects.stream))
     await delete(js, subjects, names=["20261201090000"])
+    await eventually(lambda: drained(js, subjects.stream))
     await eventually(lambda: deletions_done(db))
     await publish(js, subjects, events[-2:], msg_ids=False)  # the relay again
     await eventually(lambda: drained(js, subjects.stream))

@@ -56,6 +56,7 @@ async def test_the_policy_deletes_old_finished_runs_once_per_interval_with_two_r
     await services(run_recorder, policy)
     await services(run_recorder, policy)
     await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM retention_slots"))
+    await eventually(lambda: db.fetchval("SELECT count(*) = 3 FROM run_deletions"))
     await eventually(lambda: drained(js, subjects.stream))
     await eventually(lambda: deletions_done(db))
 

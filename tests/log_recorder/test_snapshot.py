@@ -28,7 +28,7 @@ async def test_a_rebuild_from_a_snapshot_and_the_tail_equals_a_full_replay(servi
     assert done.returncode == 0, done.stderr
     position = await db.fetchval("SELECT stream_seq FROM projection_snapshots")
     assert position == (await js.stream_info(subjects.stream)).state.last_seq
-    assert done.stdout.startswith(f"snapshot of 12 runs and ") and f"#{position}" in done.stdout
+    assert done.stdout.startswith("snapshot of 12 runs and ") and f"#{position}" in done.stdout
 
     # The tail: new runs, a run of before the snapshot that goes on (a late step), deletions of old and new runs.
     after = [run_events(name=f"2026113008{i:02d}00", start=T0 + timedelta(days=1, minutes=i), fail=i == 2) for i in range(5)]
