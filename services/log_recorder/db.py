@@ -154,19 +154,26 @@ SELECT name, $5, $6, job FROM gone
 ON CONFLICT (name) DO NOTHING
 """
 
-# Runs of this batch that a pending created_before deletion did not cover when it was read (they do not
-# match it yet: not in the projection, or not in its statuses) are spared by it: the reaper's chunks
-# then delete what an in-transaction deletion would have, whatever arrives meanwhile. A run that
-# matches stays matching (created_at only moves earlier, a terminal status never changes).
+# A created_before deletion in progress (carried out in chunks by the reaper) must delete what it would
+# have deleted at its place in the stream. So a run of this batch is spared by it when its events here
+# come after the deletion in the stream ($2: their lowest stream sequence; null when unknown) and it
+# does not match the deletion as it stands (not in the projection yet, or not in its statuses); a
+# run matching it stays matching (created_at only moves earlier, a terminal status never changes).
+# Events from before the deletion (a parallel recorder's batch that commits late) take a spare back.
 SPARE_LATE_RUNS = """
 INSERT INTO run_deletion_spared (event_id, name)
-SELECT d.event_id, n.name
-FROM run_deletions d CROSS JOIN unnest($1::text[]) AS n(name)
-WHERE d.finished_at IS NULL AND d.created_before IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM job_logs j WHERE j.name = n.name AND j.created_at < d.created_before
+SELECT d.event_id, s.name
+FROM run_deletions d CROSS JOIN unnest($1::text[], $2::bigint[]) AS s(name, seq)
+WHERE d.finished_at IS NULL AND d.created_before IS NOT NULL AND COALESCE(s.seq > d.stream_seq, true)
+  AND NOT EXISTS (SELECT 1 FROM job_logs j WHERE j.name = s.name AND j.created_at < d.created_before
                   AND (d.job IS NULL OR j.job = d.job) AND NOT (j.job = ANY(COALESCE(d.except_jobs, '{}')))
                   AND (d.statuses IS NULL OR j.status = ANY(d.statuses)))
 ON CONFLICT DO NOTHING
+"""
+
+UNSPARE_EARLY_RUNS = """
+DELETE FROM run_deletion_spared p USING run_deletions d, unnest($1::text[], $2::bigint[]) AS s(name, seq)
+WHERE p.event_id = d.event_id AND p.name = s.name AND d.finished_at IS NULL AND s.seq < d.stream_seq
 """
 
 # A tombstoned run's event reached the stream after its purge (a late relay): purge it again.
@@ -190,7 +197,9 @@ async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = L
     if batch.runs:
         runs = list(batch.runs.values())
         if tables is LIVE:
-            await conn.execute(SPARE_LATE_RUNS, [r.name for r in runs])
+            seqs = [batch.first_stream_seq.get(r.id) for r in runs]
+            await conn.execute(SPARE_LATE_RUNS, [r.name for r in runs], seqs)
+            await conn.execute(UNSPARE_EARLY_RUNS, [r.name for r in runs], seqs)
         await conn.execute(sql(UPSERT_RUNS, tables), *batch.run_columns())
         if tables is LIVE:
             rearmed = await conn.execute(REARM_PURGE, [r.name for r in runs], [r.job for r in runs])

@@ -7,7 +7,7 @@ Every recorder runs one next to its consume loop; they share the work through Po
   `delete_chunk` runs per transaction (each tombstoned in deleted_runs), never inside a batch's
   transaction, so a deletion of millions of runs never holds a batch past its ack wait;
 - *purge*: every tombstone not yet purged has its run's messages purged from the stream (by subject:
-  each run has its own, `{prefix}.run.{job}.{name}.{kind}`), and the count is added to stream_purges
+  each run has its own, `{prefix}.run.{job}.{name}.{kind}`; message by message before nats-server 2.10), and the count is added to stream_purges
   (a rebuild tells purged messages from lost ones by it); a late event of a purged run re-arms it;
 - *policy* (JOBLOG_RETENTION_*; off by default): once per interval, whichever recorder claims the slot
   in retention_slots publishes RunsDeleted events, so the policy is applied like a manual deletion
@@ -21,29 +21,29 @@ import asyncio
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import nats.js.errors
 import structlog
 
 from services.contracts import RunsDeleted
 from services.contracts.subjects import server_version
 from services.log_recorder import db
-from services.log_recorder.projection import STATUS_OF
 from services.log_recorder.settings import RecorderSettings
 
 log = structlog.get_logger("joblog.recorder.reaper")
 
-# The last token of a run's subjects: created, started, step, succeeded, failed.
-KINDS = tuple(kind.split(".", 1)[1] for kind in STATUS_OF)
 PURGE_BATCH = 500
 PURGE_IN_FLIGHT = 64
 # Namespace of the policy's deletion ids: the same slot and rule give the same event id everywhere.
 POLICY_NAMESPACE = uuid.UUID("5d7f3c4e-2b1a-4c7e-9a51-9f0a3e2c7b10")
 
+# NO KEY UPDATE: batches that spare runs (run_deletion_spared's foreign key takes KEY SHARE) never wait for a chunk.
 CLAIM_DELETION = """
-SELECT event_id, names, created_before, job, except_jobs, statuses, occurred_at FROM run_deletions
-WHERE finished_at IS NULL ORDER BY stream_seq NULLS LAST, occurred_at LIMIT 1 FOR UPDATE SKIP LOCKED
+SELECT event_id, names, created_before, job, except_jobs, statuses, occurred_at, stream_seq FROM run_deletions
+WHERE finished_at IS NULL ORDER BY stream_seq NULLS LAST, occurred_at LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED
 """
 
 DELETE_CHUNK_BY_NAME = """
@@ -131,9 +131,15 @@ def policy_deletions(settings: RecorderSettings, now: datetime, slot: int) -> li
     return deletions
 
 
-async def delete_chunk(conn: asyncpg.Connection, chunk: int) -> tuple[uuid.UUID | None, int]:
+async def delete_chunk(conn: asyncpg.Connection, chunk: int,
+                       applied_up_to: Callable[[], Awaitable[int]] | None = None) -> tuple[uuid.UUID | None, int]:
     """One chunk of the oldest unfinished deletion that no other recorder is working on, in its own
-    transaction: (its event id, runs removed); (None, 0) when there is none. 0 runs removed finishes it."""
+    transaction: (its event id, runs removed); (None, 0) when there is none.
+
+    A chunk that removes nothing finishes the deletion, but only once every message before it in the
+    stream has been applied (applied_up_to(): the recorder consumer's ack floor): a batch of earlier
+    events that another recorder still holds would otherwise add runs the deletion covers after it
+    finished. Until then it returns (None, 0) as if there were nothing to do."""
     async with conn.transaction():
         row = await conn.fetchrow(CLAIM_DELETION)
         if row is None:
@@ -146,6 +152,9 @@ async def delete_chunk(conn: asyncpg.Connection, chunk: int) -> tuple[uuid.UUID 
                 DELETE_CHUNK_BEFORE, row["created_before"], row["job"], row["except_jobs"], row["statuses"],
                 row["occurred_at"], row["event_id"], chunk,
             )
+        if not removed and applied_up_to is not None and row["stream_seq"] is not None:
+            if await applied_up_to() < row["stream_seq"]:
+                return None, 0
         await conn.execute(DELETION_PROGRESS, row["event_id"], removed)
         if removed:
             await db.bump_version(conn)
@@ -212,13 +221,18 @@ class Reaper:
     async def delete_chunk(self) -> bool:
         """Remove up to delete_chunk runs of the oldest unfinished deletion, in one short transaction."""
         async with self.pool.acquire() as conn:
-            event_id, removed = await delete_chunk(conn, self.settings.delete_chunk)
+            event_id, removed = await delete_chunk(conn, self.settings.delete_chunk, self.ack_floor)
         if event_id is None:
             return False
         self.deleted += removed
         if not removed:
             log.info("deletion finished", event_id=str(event_id))
         return True
+
+    async def ack_floor(self) -> int:
+        """Every message of the run stream up to here has been applied (acknowledged after commit)."""
+        info = await self.js.consumer_info(self.settings.stream, self.settings.recorder_consumer)
+        return info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
 
     async def purge_some(self) -> bool:
         """Purge the messages of up to PURGE_BATCH tombstoned runs from the stream."""
@@ -237,25 +251,34 @@ class Reaper:
         return True
 
     async def purge(self, name: str, job: str | None) -> int:
-        """Purge one run's messages; returns how many went. Exact subjects when the job is known (cheap on
-        any server), else one filter with wildcards (indexed from nats-server 2.10 on)."""
+        """Remove one run's messages from the stream; returns how many went.
+
+        nats-server 2.10+: one purge by subject. Older servers move every consumer past the stream's
+        last message on a purge by subject (the recorder would skip whatever it had not read yet), so
+        there each message of the run is looked up by subject and deleted on its own instead."""
         prefix = self.settings.subjects.prefix
-        if job is None:
-            filters = [f"{prefix}.run.*.{name}.*"]
-        elif server_version(self.js) >= (2, 10):
-            filters = [f"{prefix}.run.{job}.{name}.*"]
-        else:
-            filters = [f"{prefix}.run.{job}.{name}.{kind}" for kind in KINDS]
-        purged = 0
-        for subject in filters:
-            answer = await self.js._api_request(
-                f"{self.js._prefix}.STREAM.PURGE.{self.settings.stream}", json.dumps({"filter": subject}).encode(),
-                timeout=10,
-            )
+        subject = f"{prefix}.run.{job or '*'}.{name}.*"
+        api = f"{self.js._prefix}.STREAM"
+        stream = self.settings.stream
+        if server_version(self.js) >= (2, 10):
+            answer = await self.js._api_request(f"{api}.PURGE.{stream}", json.dumps({"filter": subject}).encode(), timeout=10)
             if not answer.get("success"):
                 raise PurgeFailed(f"purge of {subject} refused: {answer}")
-            purged += int(answer.get("purged", 0))
-        return purged
+            return int(answer.get("purged", 0))
+        purged, seq = 0, 1
+        while True:
+            try:
+                found = await self.js._api_request(
+                    f"{api}.MSG.GET.{stream}", json.dumps({"seq": seq, "next_by_subj": subject}).encode(), timeout=10)
+            except nats.js.errors.NotFoundError:
+                return purged
+            seq = int(found["message"]["seq"])
+            try:
+                await self.js._api_request(f"{api}.MSG.DELETE.{stream}", json.dumps({"seq": seq}).encode(), timeout=10)
+                purged += 1
+            except nats.js.errors.NotFoundError:
+                pass  # deleted meanwhile (another recorder): counted there
+            seq += 1
 
     async def apply_policy(self, now: datetime | None = None) -> list[RunsDeleted]:
         """Publish this slot's policy deletions, if this recorder is the first to claim the slot."""
