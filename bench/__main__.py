@@ -20,7 +20,7 @@ Benchmark = Callable[[Servers], Awaitable[tuple[list[Result], dict[str, float]]]
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    from bench import recorder, sync, web, worker
+    from bench import recorder, retention, sync, web, worker
 
     return {
         "recorder_throughput": recorder.recorder_throughput,
@@ -28,6 +28,7 @@ def benchmarks() -> dict[str, Benchmark]:
         "web": web.web,
         "sync": sync.sync,
         "worker_overhead": worker.worker_overhead,
+        "retention": retention.retention,
     }
 
 

@@ -94,7 +94,7 @@ async def send(settings: CommonSettings, event: RunsDeleted) -> None:
 
         async def publish() -> None:
             await ensure_streams(js, settings.subjects, settings.stream_replicas)
-            await js.publish(settings.subjects.retention, event.model_dump_json(exclude_none=True).encode(),
+            await js.publish(settings.subjects.retention, event.model_dump_json().encode(),
                              headers={"Nats-Msg-Id": str(event.event_id)})
 
         await retrying(f"publish the deletion to NATS at {settings.nats_url}", publish, RETRY_FOR)

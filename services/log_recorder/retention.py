@@ -293,7 +293,7 @@ class Reaper:
             return []  # another recorder has it
         for deletion in deletions:
             await self.js.publish(
-                self.settings.subjects.retention, deletion.model_dump_json(exclude_none=True).encode(),
+                self.settings.subjects.retention, deletion.model_dump_json().encode(),
                 headers={"Nats-Msg-Id": str(deletion.event_id)},
             )
         log.info("retention policy applied", deletions=len(deletions), slot=slot)

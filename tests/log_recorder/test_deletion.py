@@ -19,7 +19,7 @@ from tests.log_recorder.conftest import as_payloads, deletions_done, drained, in
 
 async def delete(js: Any, subjects: Any, **what: Any) -> RunsDeleted:
     event = RunsDeleted(requested_by="admin", **what)
-    await js.publish(subjects.retention, event.model_dump_json(exclude_none=True).encode(),
+    await js.publish(subjects.retention, event.model_dump_json().encode(),
                      headers={"Nats-Msg-Id": str(event.event_id)})
     return event
 
