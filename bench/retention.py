@@ -3,8 +3,8 @@
     .venv/bin/python -m bench retention        # JOBLOG_BENCH_SCALE=0.2 for a quick run
 
 Rows, each against a limit measured in the same run:
-- stream bytes per run: what JetStream stores for a run (its events, with subjects, headers and
-  the stream's compression) against the raw JSON of those events;
+- stream bytes per run: JetStream's accounting of a run (its events, with subjects and headers;
+  the logical size, which compression does not change) against the raw JSON of those events;
 - rebuild events/s: `joblog rebuild` (full replay into fresh tables and swap) against a raw ordered
   replay of the same stream (fetch and validate every event, no database);
 - rebuild with a snapshot: time of a rebuild from `joblog snapshot` + a 10 % tail against a full one;
