@@ -136,12 +136,33 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = load_settings(RecorderSettings)
     _logging(settings)
     try:
-        report = asyncio.run(rebuild(settings, progress=not args.no_progress))
+        report = asyncio.run(rebuild(settings, progress=not args.no_progress, full=args.full))
     except RebuildFailed as error:
         print(f"joblog: {error}", file=sys.stderr)
         return 1
-    print(f"rebuilt from {report.replayed:,} events (stream up to #{report.stream_last_seq}): "
-          f"{report.runs:,} runs, {report.details:,} details")
+    start = f"the snapshot at #{report.snapshot_seq} and " if report.snapshot_seq is not None else ""
+    print(f"rebuilt from {start}{report.replayed:,} events (stream up to #{report.stream_last_seq}, "
+          f"{report.events_per_second:,.0f} events/s): {report.runs:,} runs, {report.details:,} details")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Snapshot the projection at the recorder's position, so a rebuild replays only the stream after it."""
+    from services.log_recorder.errors import RebuildFailed
+    from services.log_recorder.settings import RecorderSettings
+    from services.log_recorder.snapshot import take
+
+    settings = load_settings(RecorderSettings)
+    try:
+        taken = asyncio.run(take(settings))
+    except RebuildFailed as error:
+        print(f"joblog snapshot: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"joblog snapshot: cannot reach NATS or Postgres: {error}", file=sys.stderr)
+        return 1
+    print(f"snapshot of {taken.runs:,} runs and {taken.details:,} details at stream position #{taken.stream_seq} "
+          f"({taken.seconds:.1f} s); `joblog rebuild` now replays only what follows")
     return 0
 
 
@@ -196,6 +217,26 @@ def _trigger_and_wait(settings: CommonSettings, job: str) -> int:
 
     return asyncio.run(wait_for_run(settings, job, lambda: send_trigger(settings, job, "cli", requested_by=_cli_user()),
                                     sys.stdout))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete runs by name, or every run (of a job) created before a date: the web's deletion, for scripts."""
+    from joblog.delete import BadRequest, deletion, describe, send
+    from joblog.trigger import GaveUp
+
+    settings = load_settings(CommonSettings)
+    try:
+        event = deletion(settings, args.names, args.before, args.job, _cli_user())
+    except BadRequest as error:
+        print(f"joblog delete: {error}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(send(settings, event))
+    except GaveUp as error:
+        print(f"joblog delete: {error}", file=sys.stderr)
+        return 1
+    print(describe(event, settings))
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -270,15 +311,30 @@ def build_parser() -> argparse.ArgumentParser:
     add("notifier", cmd_notifier, "Run the notifier",
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL (migrated); delivers alerts to JOBLOG_NOTIFY_WEBHOOKS, Slack and email.")
     rebuild = add("rebuild", cmd_rebuild, "Rebuild job_logs and job_log_details from the run stream",
-                  "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL. Replays the stream from its start into fresh tables "
-                  "with a progress bar, then swaps them in atomically; recorders and the web keep running.")
+                  "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL. Replays the stream from its start (or from the snapshot "
+                  "`joblog snapshot` took, replaying only what follows it) into fresh tables with a progress bar "
+                  "(events/s, ETA), then swaps them in atomically; recorders and the web keep running.")
     rebuild.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rebuild.add_argument("--full", action="store_true",
+                         help="replay the whole stream, ignoring the snapshot (e.g. after the projection's rules changed)")
+    add("snapshot", cmd_snapshot, "Snapshot the projection at the recorder's stream position",
+        "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL. Copies job_logs and job_log_details as of the recorder "
+        "consumer's ack floor (replacing the previous snapshot); `joblog rebuild` then starts from it and "
+        "replays only the stream after it. Run it now and then (cron), e.g. daily.")
     add("web", cmd_web, "Serve the web UI",
         "Needs JOBLOG_NATS_URL and JOBLOG_DATABASE_URL; listens on JOBLOG_WEB_HOST:JOBLOG_WEB_PORT.")
     trigger = add("trigger", cmd_trigger, "Trigger a job run", "Needs JOBLOG_NATS_URL; a running worker executes it.")
     trigger.add_argument("job", metavar="JOB", help="job id, e.g. sync_open_orders")
     trigger.add_argument("--wait", action="store_true",
                          help="follow the run with a progress bar until it ends; exit 0 on success, 1 on error")
+    delete = add("delete", cmd_delete, "Delete runs, with their messages",
+                 "Needs JOBLOG_NATS_URL. Publishes the same deletion as the web's Delete buttons (audited as cli:<user>): "
+                 "the recorder removes the runs' rows and purges their messages from the stream; a rebuild honours it. "
+                 "Examples: `joblog delete 20261129083000`, `joblog delete --before 2026-01-31 --job sync_open_orders`.")
+    delete.add_argument("names", metavar="NAME", nargs="*", help="run names, e.g. 20261129083000")
+    delete.add_argument("--before", metavar="DATE", default=None,
+                        help="delete every run created before the start of DATE (YYYY-MM-DD, in JOBLOG_TIMEZONE)")
+    delete.add_argument("--job", metavar="JOB", default=None, help="with --before: only this job's runs")
     schema = add("schema", cmd_schema, "Generate the event contract's JSON Schema and AsyncAPI document",
                  "Writes events.schema.json and asyncapi.json from the pydantic models (deterministic); "
                  "needs no server and no JOBLOG_ variable. See docs/events.md.")

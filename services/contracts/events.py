@@ -126,6 +126,12 @@ class RunsDeleted(_Frozen):
     names: list[str] = Field(default_factory=list, max_length=10_000, description="Runs deleted by name.")
     created_before: AwareDatetime | None = Field(default=None, description="Every run created before this time.")
     requested_by: str | None = Field(default=None, max_length=200)
+    # Optional narrowing of created_before (additive; retention per job and per outcome):
+    job: str | None = Field(default=None, pattern=TOKEN_PATTERN, description="With created_before: only this job's runs.")
+    except_jobs: list[str] | None = Field(
+        default=None, max_length=1000, description="With created_before: not these jobs' runs (they have a policy of their own).")
+    statuses: list[Literal["new", "processing", "success", "error"]] | None = Field(
+        default=None, max_length=4, description="With created_before: only runs in these statuses (null: any).")
 
 
 class JobDescription(_Frozen):

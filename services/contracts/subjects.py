@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StoreCompression, StreamConfig
 
 from services.contracts.events import RunEvent
 
@@ -135,6 +135,26 @@ class Subjects:
         ]
 
 
+# nats-server compresses a file stream's blocks (s2) from 2.10 on; older servers refuse the field.
+COMPRESSION_SINCE = (2, 10)
+
+
+def server_version(js) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(major, minor) of the server this JetStream context's connection is on; (0, 0) if unknown."""
+    try:
+        version = js._nc.connected_server_version
+        return int(version.major), int(version.minor)
+    except Exception:
+        return 0, 0
+
+
+def compressed(config: StreamConfig, version: tuple[int, int]) -> StreamConfig:
+    """A file stream's config with s2 compression, when the server supports it (else unchanged)."""
+    if version >= COMPRESSION_SINCE and config.storage == StorageType.FILE and config.compression is None:
+        return replace(config, compression=StoreCompression.S2)
+    return config
+
+
 class StreamsUnavailable(Exception):
     """A stream joblog needs is missing and this connection may not create it (or NATS refused)."""
 
@@ -143,13 +163,16 @@ async def ensure_streams(js, subjects: Subjects, replicas: int = 1) -> None:  # 
     """Create the streams that are missing; on existing ones, add only subjects joblog needs and lacks.
 
     Safe from many processes at once. Never touches an existing stream's limits (max_age,
-    max_bytes, replicas ...): those are the operator's. A service whose NATS user may only read
+    max_bytes, max_msgs, replicas, compression ...): those are the operator's. A stream created
+    here is compressed (s2) when the server is 2.10 or newer. A service whose NATS user may only read
     streams (deploy/nats/nats.conf) works once `joblog migrate` (an admin) has created them.
     """
     import nats.errors
     import nats.js.errors
 
+    version = server_version(js)
     for config in subjects.stream_configs(replicas):
+        config = compressed(config, version)
         try:
             info = await js.stream_info(config.name)
         except nats.js.errors.NotFoundError:

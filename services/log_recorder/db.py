@@ -100,10 +100,13 @@ WHERE EXCLUDED.seq <> d.seq OR EXCLUDED.first_seq <> d.first_seq
 """
 
 INSERT_DEAD_LETTERS = """
-INSERT INTO dead_letters (subject, payload, reason, stream_seq)
-SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bigint[])
+INSERT INTO dead_letters (subject, payload, reason, stream_seq, payload_bytes)
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bigint[], $5::int[])
 ON CONFLICT (stream_seq) DO NOTHING
 """
+
+# A dead letter keeps this much of its payload (enough to see what it was); payload_bytes says how much it had.
+DEAD_LETTER_PAYLOAD_BYTES = 4096
 
 TRACK_POSITION = """
 INSERT INTO projection_state AS p (consumer, last_stream_seq, last_event_at, applied_events, updated_at)
@@ -117,14 +120,17 @@ ON CONFLICT (consumer) DO UPDATE SET
 
 
 RECORD_DELETION = """
-INSERT INTO run_deletions (event_id, names, created_before, requested_by, occurred_at, stream_seq)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO run_deletions (event_id, names, created_before, requested_by, occurred_at, stream_seq, job, except_jobs,
+                           statuses, finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (event_id) DO NOTHING
 """
 
+# The job is remembered when the projection knows it: the reaper then purges exact subjects.
 TOMBSTONE_NAMES = """
-INSERT INTO deleted_runs (name, deleted_at, event_id)
-SELECT unnest($1::text[]), $2, $3
+INSERT INTO deleted_runs (name, deleted_at, event_id, job)
+SELECT n.name, $2, $3, (SELECT j.job FROM job_logs j WHERE j.name = n.name)
+FROM unnest($1::text[]) AS n(name)
 ON CONFLICT (name) DO NOTHING
 """
 
@@ -139,40 +145,91 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $
 ON CONFLICT (event_id) DO NOTHING
 """
 
-DELETE_RUNS_CREATED_BEFORE = """
-WITH gone AS (DELETE FROM {runs} WHERE created_at < $1 RETURNING name)
-INSERT INTO deleted_runs (name, deleted_at, event_id)
-SELECT name, $2, $3 FROM gone
+# The runs a created_before deletion covers: $1 cutoff, $2 job (or null: any), $3 jobs left out, $4 statuses (or null: any).
+CUTOFF = """created_at < $1 AND ($2::text IS NULL OR job = $2) AND NOT (job = ANY(COALESCE($3::text[], '{{}}')))
+  AND ($4::text[] IS NULL OR status = ANY($4::text[]))"""
+
+DELETE_RUNS_CREATED_BEFORE = f"""
+WITH gone AS (DELETE FROM {{runs}} WHERE {CUTOFF} RETURNING name, job)
+INSERT INTO deleted_runs (name, deleted_at, event_id, job)
+SELECT name, $5, $6, job FROM gone
 ON CONFLICT (name) DO NOTHING
 """
 
+# A created_before deletion in progress (carried out in chunks by the reaper) must delete what it would
+# have deleted at its place in the stream. So a run of this batch is spared by it when its events here
+# come after the deletion in the stream ($2: their lowest stream sequence; null when unknown) and it
+# does not match the deletion as it stands (not in the projection yet, or not in its statuses); a
+# run matching it stays matching (created_at only moves earlier, a terminal status never changes).
+# Events from before the deletion (a parallel recorder's batch that commits late) take a spare back.
+SPARE_LATE_RUNS = """
+INSERT INTO run_deletion_spared (event_id, name)
+SELECT d.event_id, s.name
+FROM run_deletions d CROSS JOIN unnest($1::text[], $2::bigint[]) AS s(name, seq)
+WHERE d.finished_at IS NULL AND d.created_before IS NOT NULL AND COALESCE(s.seq > d.stream_seq, true)
+  AND NOT EXISTS (SELECT 1 FROM job_logs j WHERE j.name = s.name AND j.created_at < d.created_before
+                  AND (d.job IS NULL OR j.job = d.job) AND NOT (j.job = ANY(COALESCE(d.except_jobs, '{}')))
+                  AND (d.statuses IS NULL OR j.status = ANY(d.statuses)))
+ON CONFLICT DO NOTHING
+"""
 
-async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = LIVE) -> None:
-    """Write a reduced batch; the caller owns the transaction.
+UNSPARE_EARLY_RUNS = """
+DELETE FROM run_deletion_spared p USING run_deletions d, unnest($1::text[], $2::bigint[]) AS s(name, seq)
+WHERE p.event_id = d.event_id AND p.name = s.name AND d.finished_at IS NULL AND s.seq < d.stream_seq
+"""
 
-    A batch ends at a deletion (Batch.closed), so the deletion goes last: it removes what came before
-    it in the stream, and tombstones the names so that their later events are skipped.
+# A tombstoned run's event reached the stream after its purge (a late relay): purge it again.
+REARM_PURGE = """
+UPDATE deleted_runs t SET purged_at = NULL, job = COALESCE(t.job, s.job)
+FROM unnest($1::text[], $2::text[]) AS s(name, job)
+WHERE t.name = s.name AND t.purged_at IS NOT NULL
+"""
+
+
+async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = LIVE) -> bool:
+    """Write a reduced batch; the caller owns the transaction. True when the reaper has work from it.
+
+    A batch ends at a deletion (Batch.closed), so the deletion goes last. Into the live tables a
+    deletion is only recorded here (and names tombstoned, so later events of those runs are skipped):
+    the reaper (retention.py) removes the rows in bounded chunks of their own, outside this
+    transaction, and purges the runs' messages from the stream. A rebuild's fresh tables are not read
+    by anyone yet, so there the deletion is carried out at once, where it stands in the stream.
     """
+    reaper_work = False
     if batch.runs:
+        runs = list(batch.runs.values())
+        if tables is LIVE:
+            seqs = [batch.first_stream_seq.get(r.id) for r in runs]
+            await conn.execute(SPARE_LATE_RUNS, [r.name for r in runs], seqs)
+            await conn.execute(UNSPARE_EARLY_RUNS, [r.name for r in runs], seqs)
         await conn.execute(sql(UPSERT_RUNS, tables), *batch.run_columns())
+        if tables is LIVE:
+            rearmed = await conn.execute(REARM_PURGE, [r.name for r in runs], [r.job for r in runs])
+            reaper_work = rearmed != "UPDATE 0"
     if batch.details:
         await conn.execute(sql(UPSERT_DETAILS, tables), *batch.detail_columns())
     if batch.actions:
         await conn.execute(INSERT_ACTIONS, *action_columns(batch.actions))
     for deleted, stream_seq in batch.deletions:
+        reaper_work = True
         await conn.execute(
             RECORD_DELETION, deleted.event_id, deleted.names, deleted.created_before, deleted.requested_by,
-            deleted.occurred_at, stream_seq,
+            deleted.occurred_at, stream_seq, deleted.job, deleted.except_jobs,
+            list(deleted.statuses) if deleted.statuses is not None else None,
+            None if tables is LIVE else deleted.occurred_at,
         )
         if deleted.names:
             await conn.execute(TOMBSTONE_NAMES, deleted.names, deleted.occurred_at, deleted.event_id)
-            await conn.execute(sql(DELETE_RUNS_BY_NAME, tables), deleted.names)
-        if deleted.created_before is not None:
+            if tables is not LIVE:
+                await conn.execute(sql(DELETE_RUNS_BY_NAME, tables), deleted.names)
+        if deleted.created_before is not None and tables is not LIVE:
             await conn.execute(
-                sql(DELETE_RUNS_CREATED_BEFORE, tables), deleted.created_before, deleted.occurred_at, deleted.event_id
+                sql(DELETE_RUNS_CREATED_BEFORE, tables), deleted.created_before, deleted.job, deleted.except_jobs,
+                list(deleted.statuses) if deleted.statuses is not None else None, deleted.occurred_at, deleted.event_id,
             )
     if tables is LIVE and (batch.runs or batch.deletions):
         await bump_version(conn)
+    return reaper_work
 
 
 BUMP_VERSION = "UPDATE projection_version SET version = version + 1"
@@ -183,9 +240,14 @@ async def bump_version(conn: asyncpg.Connection) -> None:
     await conn.execute(BUMP_VERSION)
 
 
-async def store_dead_letters(conn: asyncpg.Connection, letters: list[tuple[str, bytes, str, int | None]]) -> None:
+async def store_dead_letters(conn: asyncpg.Connection, letters: list[tuple[str, bytes, str, int | None]],
+                             keep: int = DEAD_LETTER_PAYLOAD_BYTES) -> None:
+    """Store dead letters with a bounded prefix of their payload (a deleted run's text must not live on in full)."""
     if letters:
-        await conn.execute(INSERT_DEAD_LETTERS, *map(list, zip(*letters)))
+        await conn.execute(
+            INSERT_DEAD_LETTERS, [s for s, _, _, _ in letters], [p[:keep] for _, p, _, _ in letters],
+            [r for _, _, r, _ in letters], [q for _, _, _, q in letters], [len(p) for _, p, _, _ in letters],
+        )
 
 
 async def track_position(

@@ -23,6 +23,7 @@ from services.log_recorder import db
 from services.log_recorder.errors import TRANSIENT, DeadLetter, is_refused
 from services.log_recorder.projection import Batch
 from services.log_recorder.settings import RecorderSettings
+from services.log_recorder.retention import Reaper
 from services.log_recorder.watchdog import Watchdog
 
 log = structlog.get_logger("joblog.recorder")
@@ -141,6 +142,7 @@ class Recorder:
         self.dead_lettered = 0
         self.sub: Any = None
         self._checked_at = 0.0
+        self.reaper_wake = asyncio.Event()  # the reaper's, once it runs (retention.py)
 
     async def subscribe(self) -> Any:
         await ensure_consumer(self.js, self.settings)
@@ -225,11 +227,12 @@ class Recorder:
         backoff = 0.2
         while True:
             try:
+                reaper_work = False
                 async with self.pool.acquire() as conn:
                     async with conn.transaction():
                         for batch in batches:
-                            await db.apply_batch(conn, batch)
-                        await db.store_dead_letters(conn, letters)
+                            reaper_work = await db.apply_batch(conn, batch) or reaper_work
+                        await db.store_dead_letters(conn, letters, self.settings.dead_letter_payload_bytes)
                         await db.track_position(
                             conn, self.settings.recorder_consumer, last_seq, _last_event_at(batches), _events(batches)
                         )
@@ -253,6 +256,8 @@ class Recorder:
                 raise  # consume() naks the batch: it comes back after a delay
         for message in messages:
             await message.ack()
+        if reaper_work:
+            self.reaper_wake.set()  # a deletion to carry out, or a late event of a purged run to purge again
         self.applied += _events(batches)
         self.dead_lettered += len(letters)
 
@@ -271,7 +276,7 @@ class Recorder:
         log.warning("dead-lettered a message", subject=message.subject, stream_seq=reason[3], reason=reason[2])
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                await db.store_dead_letters(conn, [reason])
+                await db.store_dead_letters(conn, [reason], self.settings.dead_letter_payload_bytes)
                 await db.track_position(conn, self.settings.recorder_consumer, reason[3] or 0, None, 0)
         await message.ack()
         self.dead_lettered += 1
@@ -336,6 +341,9 @@ async def run(settings: RecorderSettings, ready: asyncio.Event | None = None, st
         sub = await recorder.subscribe()
         watchdog = Watchdog(settings, pool, recorder.js)
         watching = asyncio.create_task(watchdog.run(stopping), name="watchdog")
+        reaper = Reaper(settings, pool, recorder.js)
+        recorder.reaper_wake = reaper.wake
+        reaping = asyncio.create_task(reaper.run(stopping), name="reaper")
         log.info("recorder ready", consumer=settings.recorder_consumer, stream=settings.stream)
         if ready:
             ready.set()
@@ -344,4 +352,5 @@ async def run(settings: RecorderSettings, ready: asyncio.Event | None = None, st
         finally:
             stopping.set()
             await watching
+            await reaping
     log.info("recorder stopped")

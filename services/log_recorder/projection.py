@@ -124,6 +124,8 @@ class Batch:
     details: dict[tuple[uuid.UUID, str], DetailRow] = field(default_factory=dict)
     deletions: list[tuple[RunsDeleted, int | None]] = field(default_factory=list)
     actions: list[tuple[ActionTaken, int | None]] = field(default_factory=list)
+    # Per run, the lowest stream sequence of its events here (deletions in progress compare it with theirs).
+    first_stream_seq: dict[uuid.UUID, int] = field(default_factory=dict)
     last_event_at: datetime | None = None
     events: int = 0
 
@@ -142,6 +144,8 @@ class Batch:
         if isinstance(event, ActionTaken):
             self.actions.append((event, stream_seq))
             return
+        if stream_seq is not None and stream_seq < self.first_stream_seq.get(event.run_id, stream_seq + 1):
+            self.first_stream_seq[event.run_id] = stream_seq
         run = self.runs.get(event.run_id)
         if run is None:
             run = self.runs[event.run_id] = RunRow(

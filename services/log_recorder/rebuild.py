@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from services.contracts.nats import connect
 from services.contracts.subjects import close_nats, ensure_streams
 from services.log_recorder import db
+from services.log_recorder import snapshot as snapshots
 from services.log_recorder.errors import RebuildFailed, is_refused
 from services.log_recorder.main import reduce, refused
 from services.log_recorder.settings import RecorderSettings
@@ -44,6 +46,12 @@ class RebuildReport:
     stream_last_seq: int
     runs: int
     details: int
+    snapshot_seq: int | None = None  # the snapshot it started from, if any
+    replay_seconds: float = 0.0
+
+    @property
+    def events_per_second(self) -> float:
+        return self.replayed / self.replay_seconds if self.replay_seconds > 0 else 0.0
 
 
 async def _shape(conn: asyncpg.Connection, live: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -147,7 +155,7 @@ class Replay:
             async with conn.transaction():  # a savepoint inside the swap's transaction
                 for batch in batches:
                     await db.apply_batch(conn, batch, db.REBUILD)
-                await db.store_dead_letters(conn, letters)
+                await db.store_dead_letters(conn, letters, self.settings.dead_letter_payload_bytes)
         except Exception as error:
             if not is_refused(error):
                 raise
@@ -157,7 +165,7 @@ class Replay:
                 await self._apply(conn, messages[:middle])
                 await self._apply(conn, messages[middle:])
             else:
-                await db.store_dead_letters(conn, [refused(messages[0], error, top or None)])
+                await db.store_dead_letters(conn, [refused(messages[0], error, top or None)], self.settings.dead_letter_payload_bytes)
         return top
 
     async def close(self) -> None:
@@ -207,8 +215,42 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
     return last_seq
 
 
-async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> RebuildReport:
-    """Replay the whole run stream into fresh tables and swap them in; the web keeps serving."""
+PURGED = "SELECT COALESCE((SELECT purged_messages FROM stream_purges WHERE stream = $1), 0)"
+
+
+async def check_stream(conn: asyncpg.Connection, js: Any, stream: str, after: int = 0) -> None:
+    """Refuse a stream that lost messages joblog did not purge itself (limits, a manual purge, a lost node).
+
+    Every sequence up to last_seq held a message once, so last_seq - messages were removed; the
+    reaper counts what it purged (deleted runs' messages) in stream_purges. More removed than that
+    means a rebuild would lose or change the runs those messages held. From a snapshot at `after`,
+    only the messages after it matter: limits remove the oldest first, so a stream starting right
+    after the snapshot (or earlier) is whole where it counts."""
+    state = (await js.stream_info(stream)).state
+    removed = state.last_seq - state.messages
+    purged = await conn.fetchval(PURGED, stream)
+    if removed <= purged or (after and state.first_seq <= after + 1):
+        return
+    if state.first_seq > 1 and state.first_seq - 1 > purged:
+        raise RebuildFailed(
+            f"the stream {stream} now starts at message {state.first_seq}: messages 1 to "
+            f"{state.first_seq - 1} are gone (limits, a purge or a lost node) and joblog purged only {purged:,} "
+            "messages of deleted runs, so a rebuild would delete the runs they held; the projection is left as it is "
+            "(a snapshot taken with `joblog snapshot` lets a rebuild start after them)"
+        )
+    raise RebuildFailed(
+        f"{removed - purged:,} messages of the stream {stream} are gone that joblog did not purge (limits, a "
+        "manual purge or a lost node): a rebuild would lose or change the runs they held; the projection is left "
+        "as it is (a snapshot taken with `joblog snapshot` lets a rebuild start after them)"
+    )
+
+
+async def rebuild(settings: RecorderSettings, *, progress: bool = True, full: bool = False) -> RebuildReport:
+    """Replay the run stream into fresh tables and swap them in; the web keeps serving.
+
+    With a snapshot (`joblog snapshot`) the fresh tables start as the snapshot and only the stream
+    after its position is replayed; full=True replays the whole stream (e.g. after the projection's
+    rules changed, which a snapshot taken under the old rules would not show)."""
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=3)
     nc: Any = None
     replay: Replay | None = None
@@ -219,20 +261,22 @@ async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> Rebui
         nc = await connect(settings, "joblog-rebuild", reconnect=False)
         js = nc.jetstream(timeout=10)
         await ensure_streams(js, settings.subjects, settings.stream_replicas)
-        state = (await js.stream_info(settings.stream)).state
-        if state.first_seq > 1:
-            raise RebuildFailed(
-                f"the stream {settings.stream} now starts at message {state.first_seq}: messages 1 to "
-                f"{state.first_seq - 1} are gone (limits, a purge or a lost node), and a rebuild would delete the "
-                "runs they held; the projection is left as it is"
-            )
+        async with pool.acquire() as conn:
+            start = None if full else await snapshots.newest(conn, settings.stream)
+            await check_stream(conn, js, settings.stream, start.stream_seq if start else 0)
         async with pool.acquire() as conn:
             renames, deferred = await prepare(conn)
+            if start is not None:
+                await snapshots.restore(conn)
         replay = Replay(settings, pool, js)
+        replay.position = start.stream_seq if start else 0
         await replay.open()
+        began = time.monotonic()
         target = (await js.stream_info(settings.stream)).state.last_seq
-        with tqdm(total=target, unit="event", desc="rebuild", disable=not progress) as bar:
+        # tqdm shows events/s and the ETA as it goes; the report says the rate at the end.
+        with tqdm(total=max(target - replay.position, 0), unit="event", desc="rebuild", disable=not progress) as bar:
             await replay.until(target, bar=bar)
+        replay_seconds = time.monotonic() - began
         async with pool.acquire() as conn:
             for definition in deferred:
                 await conn.execute(definition)
@@ -255,7 +299,8 @@ async def rebuild(settings: RecorderSettings, *, progress: bool = True) -> Rebui
         async with pool.acquire() as conn:
             runs = await conn.fetchval(f"SELECT count(*) FROM {db.LIVE.runs}")
             details = await conn.fetchval(f"SELECT count(*) FROM {db.LIVE.details}")
-        return RebuildReport(replayed=replay.replayed, stream_last_seq=last_seq, runs=runs, details=details)
+        return RebuildReport(replayed=replay.replayed, stream_last_seq=last_seq, runs=runs, details=details,
+                             snapshot_seq=start.stream_seq if start else None, replay_seconds=replay_seconds)
     finally:
         if replay is not None:
             await replay.close()

@@ -5,6 +5,7 @@ Functions take the app (its pool, settings and directory) and checked parameters
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 from datetime import datetime, timezone
@@ -204,7 +205,79 @@ async def monitor(app: web.Application) -> dict[str, Any]:
         "health": await recorder_health(app),
         "actions": await recent_actions(app, ACTIONS_ON_MONITOR),
         "alerts": await recent_alerts(app, ACTIONS_ON_MONITOR),
+        "sizes": await retention_sizes(app),
     }
+
+
+RETENTION_SIZES = """
+SELECT pg_total_relation_size('job_logs') AS runs_bytes, pg_total_relation_size('job_log_details') AS details_bytes,
+       (SELECT reltuples::bigint FROM pg_class WHERE oid = 'job_logs'::regclass) AS runs_estimate,
+       pg_total_relation_size('deleted_runs') + pg_total_relation_size('run_deletions')
+         + pg_total_relation_size('dead_letters') AS bookkeeping_bytes,
+       (SELECT count(*) FROM run_deletions WHERE finished_at IS NULL) AS deletions_pending,
+       (SELECT count(*) FROM deleted_runs WHERE purged_at IS NULL) AS purges_pending,
+       (SELECT COALESCE(sum(purged_messages), 0) FROM stream_purges) AS purged_messages,
+       (SELECT max(taken_at) FROM projection_snapshots) AS snapshot_at
+"""
+
+
+def _size(count: float | None) -> str:
+    if count is None:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+async def retention_sizes(app: web.Application) -> dict[str, Any]:
+    """How big the run stream and the projection are, how old the stream's oldest message is, its limits,
+    and the retention work still to do (docs/retention.md)."""
+    settings = app[SETTINGS]
+    async with app[POOL].acquire() as conn:
+        found = dict(await conn.fetchrow(RETENTION_SIZES))
+    sizes: dict[str, Any] = {
+        "projection": _size(found["runs_bytes"] + found["details_bytes"]), "runs": found["runs_estimate"] if found["runs_estimate"] > 0 else None,  # the planner's estimate
+        "bookkeeping": _size(found["bookkeeping_bytes"]), "deletions_pending": found["deletions_pending"],
+        "purges_pending": found["purges_pending"], "purged_messages": found["purged_messages"],
+        "snapshot_at": found["snapshot_at"], "stream": None,
+    }
+    try:
+        js = app[NATS_CONNECTION].jetstream(timeout=2)
+        # The raw answer: nats-py's StreamState leaves out first_ts, the oldest message's time.
+        info = await js._api_request(f"{js._prefix}.STREAM.INFO.{settings.stream}", b"", timeout=2)
+    except Exception as error:  # NATS away: the page says "unknown"
+        log.info("stream info unavailable", error=repr(error))
+        return sizes
+    state, config = info.get("state", {}), info.get("config", {})
+    messages, stored = int(state.get("messages") or 0), int(state.get("bytes") or 0)
+    oldest = None
+    if messages and state.get("first_ts"):
+        with contextlib.suppress(ValueError, TypeError):
+            oldest = datetime.fromisoformat(str(state["first_ts"])[:26].rstrip("Z") + "+00:00")
+    max_age = int(config.get("max_age") or 0) / 1e9  # nanoseconds
+    sizes["stream"] = {
+        "bytes": _size(stored), "messages": messages, "oldest": oldest,
+        "per_message": _size(stored / messages) if messages else "—",
+        "max_age_days": max_age / 86400 if max_age else None,
+        "max_bytes": _size(config["max_bytes"]) if (config.get("max_bytes") or 0) > 0 else None,
+        "compression": config.get("compression") or "none",
+    }
+    return sizes
+    state, config = info.state, info.config
+    oldest = None
+    if state.messages and getattr(state, "first_ts", None):
+        with contextlib.suppress(ValueError, TypeError):
+            oldest = datetime.fromisoformat(str(state.first_ts).replace("Z", "+00:00"))
+    sizes["stream"] = {
+        "bytes": _size(state.bytes), "messages": state.messages, "oldest": oldest,
+        "per_message": _size(state.bytes / state.messages) if state.messages else "—",
+        "max_age_days": (config.max_age / 86400) if config.max_age else None,
+        "max_bytes": _size(config.max_bytes) if config.max_bytes and config.max_bytes > 0 else None,
+        "compression": str(getattr(config.compression, "value", config.compression) or "none"),
+    }
+    return sizes
 
 
 async def recent_alerts(app: web.Application, limit: int) -> list[dict[str, Any]]:

@@ -185,12 +185,16 @@ async def test_no_role_can_do_another_s_job(secured_nats: NatsServer, passwords,
             "a recorder published a run result"
         assert await refused(rjs.publish(SUBJECTS.for_trigger("sync_open_orders"), trigger)), "a recorder triggered a job"
         assert await refused(rjs.delete_stream("JOBS_COMMANDS")), "a recorder deleted a stream"
+        assert not await refused(rjs.purge_stream("JOBS", subject=f"{SUBJECTS.prefix}.run.*.20261129083000.*")), \
+            "a recorder must purge deleted runs' messages"
+        assert await refused(wjs.purge_stream("JOBS", subject=f"{SUBJECTS.prefix}.run.>")), "a worker purged the stream"
 
         webjs = web.jetstream(timeout=2)
         assert not await refused(webjs.publish(SUBJECTS.for_trigger("sync_open_orders"), trigger)), "the web must trigger"
         assert not await refused(webjs.publish(SUBJECTS.retention, deletion)), "the web must delete runs"
         assert await refused(webjs.publish(*run_event)), "the web published a run event"
         assert await refused(webjs.delete_consumer("JOBS", "log_recorder")), "the web deleted the recorder's consumer"
+        assert await refused(webjs.purge_stream("JOBS")), "the web purged the stream"
     finally:
         for nc in (consumer, worker, recorder, web):
             await close_nats(nc)

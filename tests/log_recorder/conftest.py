@@ -9,6 +9,7 @@ import asyncpg
 from services.contracts import RunEvent
 from services.log_recorder import db as recorder_db
 from services.log_recorder.projection import Batch
+from services.log_recorder.retention import carry_out_deletions
 from tests.factories import snapshot
 
 
@@ -31,6 +32,7 @@ async def project_batches(conn: asyncpg.Connection, batches: list[list[RunEvent]
             batch.add(event)
         async with conn.transaction():
             await recorder_db.apply_batch(conn, batch)
+    await carry_out_deletions(conn, chunk=2)  # as the reaper does, outside the batches' transactions
     return await snapshot(conn)
 
 
@@ -55,3 +57,10 @@ async def drained(js: Any, stream: str, consumer: str = "log_recorder") -> bool:
     except Exception:
         return False
     return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def deletions_done(conn: asyncpg.Connection) -> bool:
+    """Every deletion recorded has been carried out (rows gone) and every deleted run purged from the stream."""
+    return await conn.fetchval(
+        "SELECT NOT EXISTS (SELECT 1 FROM run_deletions WHERE finished_at IS NULL)"
+        " AND NOT EXISTS (SELECT 1 FROM deleted_runs WHERE purged_at IS NULL)")

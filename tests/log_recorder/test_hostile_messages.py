@@ -11,7 +11,7 @@ from services.log_recorder.main import run as run_recorder
 from services.log_recorder.rebuild import rebuild
 from tests.conftest import eventually
 from tests.factories import publish, run_events, snapshot
-from tests.log_recorder.conftest import drained
+from tests.log_recorder.conftest import deletions_done, drained
 from tests.log_recorder.test_lost_workers import beat, open_run
 
 
@@ -62,6 +62,7 @@ async def test_a_deletion_whose_cutoff_lies_in_the_future_is_refused_and_hides_n
     newest = run_events(name="20261201100003", start=datetime.now(timezone.utc) - timedelta(days=2))
     await publish(js, subjects, newest)  # created before the cutoff, but sent after the deletion: a new run
     await eventually(lambda: drained(js, subjects.stream))
+    await eventually(lambda: deletions_done(db))  # the reaper carries deletions out after the batch that read them
     names = [r["name"] for r in await db.fetch("SELECT name FROM job_logs ORDER BY name")]
     assert names == ["20261201100002", "20261201100003"]
 

@@ -15,7 +15,7 @@ from services.log_recorder.main import run as run_recorder
 from services.log_recorder.rebuild import rebuild
 from tests.conftest import eventually
 from tests.factories import T0, publish, run_events, snapshot
-from tests.log_recorder.conftest import as_payloads, drained, in_order_tables, publish_many
+from tests.log_recorder.conftest import as_payloads, deletions_done, drained, in_order_tables, publish_many
 
 
 async def delete_runs(js: Any, subjects: Any, **what: Any) -> RunsDeleted:
@@ -40,6 +40,7 @@ async def test_deleted_runs_stay_deleted_after_redelivery_and_after_a_rebuild(se
     await delete_runs(js, subjects, names=[b])
     await delete_runs(js, subjects, created_before=T0 + timedelta(hours=2, minutes=30))  # a and c
     await eventually(lambda: drained(js, subjects.stream))
+    await eventually(lambda: deletions_done(db))  # carried out in chunks after the batch that read them
     assert await names(db) == {d, e, f}
     assert await db.fetchval("SELECT count(*) FROM job_log_details d JOIN job_logs j ON j.id = d.job_log_id") == \
         await db.fetchval("SELECT count(*) FROM job_log_details")
@@ -49,6 +50,7 @@ async def test_deleted_runs_stay_deleted_after_redelivery_and_after_a_rebuild(se
     # A relay re-sends old events of deleted runs: they must not bring them back.
     await publish(js, subjects, runs[a] + runs[b] + runs[c], msg_ids=False)
     await eventually(lambda: drained(js, subjects.stream))
+    await eventually(lambda: deletions_done(db))  # ... and their messages are purged again
     assert await snapshot(db) == kept
 
     report = await rebuild(recorder_settings, progress=False)
