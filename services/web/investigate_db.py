@@ -5,6 +5,7 @@ Search matches ILIKE '%text%' on the expressions the trigram indexes of migratio
 """
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from services.web.db import RUN_COLUMNS, _like_escape
 
 # The longest a search may take before it is given up (a very common word over millions of messages).
 SEARCH_TIMEOUT = "8s"
+SEARCH_SECONDS = 8.0  # the same, for all the windows of one search together
 
 
 def _search_where(filters: dict[str, Any], args: list[Any], run: str = "j") -> list[str]:
@@ -27,23 +29,78 @@ def _search_where(filters: dict[str, Any], args: list[Any], run: str = "j") -> l
     return where
 
 
-async def search_details(conn: asyncpg.Connection, filters: dict[str, Any], limit: int) -> list[asyncpg.Record]:
-    """Messages whose text, key or data contain the text (any case), newest first, keyset on the detail's id."""
+# Newest-first search in windows of detail ids (see docs/performance.md section 7). A text one message
+# in twenty holds is found among the newest few thousand rows; a rare one costs a trigram index scan or
+# a few. What is slow is checking `ILIKE` on many rows (several µs each): a plain `ORDER BY id DESC LIMIT`
+# either walks the id index back past every non-match (a text common once but absent lately, or filtered
+# out by job, status or time) or collects every match through the trigram index to sort them. So the
+# newest RECENT_WINDOW ids are searched first (the planner picks its plan); then windows of ids below,
+# FIRST_WINDOW wide and GROWTH times wider each, each a bitmap AND of the trigram index and an id range
+# (only that window's candidates are checked), until a page is found or the ids run out.
+RECENT_WINDOW = 4_000
+FIRST_WINDOW = 64_000
+GROWTH = 4
+
+SEARCH_COLUMNS = """d.id, d.key, d.message, d.level, d.data::text AS data_text, d.first_seq, d.created_at,
+                    j.name, j.job, j.status, j.worker_id, j.created_at AS run_created_at, j.started_at"""
+
+
+def _detail_search(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
     args: list[Any] = [f"%{_like_escape(filters['text'])}%"]
-    where = ["joblog_detail_text(d.key, d.message, d.data) ILIKE $1", *_search_where(filters, args)]
-    if filters.get("before") is not None:
-        args.append(filters["before"])
-        where.append(f"d.id < ${len(args)}")
-    args.append(limit)
-    sql = f"""
-        SELECT d.id, d.key, d.message, d.level, d.data::text AS data_text, d.first_seq, d.created_at,
-               j.name, j.job, j.status, j.worker_id, j.created_at AS run_created_at, j.started_at
-        FROM job_log_details d JOIN job_logs j ON j.id = d.job_log_id
-        WHERE {' AND '.join(where)}
-        ORDER BY d.id DESC LIMIT ${len(args)}"""
+    return ["joblog_detail_text(d.key, d.message, d.data) ILIKE $1", *_search_where(filters, args)], args
+
+
+def id_windows(low: int, high: int) -> list[tuple[int, int]]:
+    """The [from, to) windows of ids, newest first, that cover low..high-1: RECENT_WINDOW, then FIRST_WINDOW
+    and GROWTH times wider each (the last one ends at low)."""
+    windows, width, top = [], RECENT_WINDOW, high
+    while top > low:
+        bottom = max(low, top - width)
+        windows.append((bottom, top))
+        width = FIRST_WINDOW if width == RECENT_WINDOW else width * GROWTH
+        top = bottom
+    return windows
+
+
+async def search_details(conn: asyncpg.Connection, filters: dict[str, Any], limit: int) -> list[asyncpg.Record]:
+    """Messages whose text, key or data contain the text (any case), newest first, keyset on the detail's id
+    (`before`: ids below it)."""
+    where, args = _detail_search(filters)
     async with conn.transaction():
         await conn.execute(f"SET LOCAL statement_timeout = '{SEARCH_TIMEOUT}'")
-        return await conn.fetch(sql, *args)
+        # Every window's plan is made for its own pattern and bounds (a generic plan knows neither).
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        if filters.get("run") is not None:  # one run's messages: its own index finds them, no windows
+            if filters.get("before") is not None:
+                args.append(filters["before"])
+                where.append(f"d.id < ${len(args)}")
+            args.append(limit)
+            return await conn.fetch(
+                f"""SELECT {SEARCH_COLUMNS} FROM job_log_details d JOIN job_logs j ON j.id = d.job_log_id
+                    WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ${len(args)}""", *args)
+        bounds = await conn.fetchrow("SELECT min(id) AS low, max(id) AS high FROM job_log_details")
+        if bounds["low"] is None:
+            return []
+        high = bounds["high"] + 1 if filters.get("before") is None else min(filters["before"], bounds["high"] + 1)
+        sql = f"""SELECT {SEARCH_COLUMNS} FROM job_log_details d JOIN job_logs j ON j.id = d.job_log_id
+                  WHERE {' AND '.join(where)} AND d.id >= ${len(args) + 1} AND d.id < ${len(args) + 2}
+                  ORDER BY d.id DESC LIMIT ${len(args) + 3}"""
+        found: list[asyncpg.Record] = []
+        deadline = time.monotonic() + SEARCH_SECONDS
+        for i, (bottom, top) in enumerate(id_windows(bounds["low"], high)):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise asyncpg.QueryCanceledError("the search's windows took longer than SEARCH_SECONDS")
+            await conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
+            if i == 1:
+                # Nothing enough among the newest: the text is rare or lies further back, where walking the
+                # id index row by row is the slow plan. Make each window a bitmap AND (index-only scans,
+                # as the join to the run uses, stay allowed).
+                await conn.execute("SET LOCAL enable_indexscan = off")
+            found += await conn.fetch(sql, *args, bottom, top, limit - len(found))
+            if len(found) >= limit:
+                break
+        return found
 
 
 async def search_errors(conn: asyncpg.Connection, filters: dict[str, Any], limit: int) -> list[asyncpg.Record]:
