@@ -73,9 +73,12 @@ async def every_page(client: Any, params: dict[str, str], limit: int) -> list[tu
         assert len(page["results"]) == limit
 
 
-@pytest.mark.parametrize("sizes", [(10, 20, 2), (1, 3, 3), (4_000, 64_000, 4)])
+# (RECENT_WINDOW, FIRST_WINDOW, GROWTH, RARE_ROWS): small windows (RARE_ROWS 0: never the one-scan path, so
+# every search here takes the windows), the service's own sizes, and every text taken as rare.
+@pytest.mark.parametrize("sizes", [(10, 20, 2, 0), (1, 3, 3, 0), (4_000, 64_000, 4, 3_000), (10, 20, 2, 10**9)])
 async def test_search_pages_across_windows_are_exactly_the_plain_query(client, db, monkeypatch, sizes):
-    recent, first, growth = sizes
+    recent, first, growth, rare = sizes
+    monkeypatch.setattr(investigate_db, "RARE_ROWS", rare)
     monkeypatch.setattr(investigate_db, "RECENT_WINDOW", recent)
     monkeypatch.setattr(investigate_db, "FIRST_WINDOW", first)
     monkeypatch.setattr(investigate_db, "GROWTH", growth)
@@ -114,5 +117,5 @@ async def test_a_search_of_one_run_and_of_an_empty_projection(client, db, monkey
     assert empty["results"] == [] and empty["next_cursor"] is None
     await load(db)
     name = str(20261129000000 + 35)
-    expected = [(r["name"], r["first_seq"]) for r in await db.fetch(ORACLE + "", "%needle%", None, None, None, None) if r["name"] == name]
+    expected = [(r["name"], r["first_seq"]) for r in await db.fetch(ORACLE, "%needle%", None, None, None, None) if r["name"] == name]
     assert expected and await every_page(client, {"q": "needle", "run": name}, 2) == expected
