@@ -84,10 +84,11 @@ async def test_search_pages_across_windows_are_exactly_the_plain_query(client, d
     monkeypatch.setattr(investigate_db, "GROWTH", growth)
     await load(db)
     low, high = await db.fetchrow("SELECT min(id), max(id) FROM job_log_details")
-    windows = investigate_db.id_windows(low, high + 1)
+    newest = max(low, high + 1 - recent)  # the newest window, then the windows below it
+    windows = [(newest, high + 1), *investigate_db.id_windows(low, newest, first)]
     if recent < 100:
         assert len(windows) >= 5  # the windowed path, over many windows
-    assert windows[0][1] == high + 1 and windows[-1][0] == low
+    assert windows[-1][0] == low
     assert all(a[0] == b[1] and a[0] < a[1] for a, b in zip(windows, windows[1:]))  # adjacent, newest first
 
     since, until = T0 + timedelta(minutes=10), T0 + timedelta(minutes=45)
