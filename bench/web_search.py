@@ -115,7 +115,8 @@ def search_result(search: dict[str, float], index: dict[str, float], runs: int, 
         f"{search['rps']:,.0f} req/s, p50 {search['p50']:.1f} ms, p99 {search['p99']:.1f} ms",
         f"index page p99 {index['p99']:.1f} ms", f"{ratio:.2f}", "p99 ratio <= 4", ok, command,
         [f"{runs:,} runs, {details:,} details; {len(QUERIES)} queries at random (no match, a few errors, 1 in 20 "
-         f"messages, every message; some with a job or status filter), never cached; {note}; "
+         f"messages, every message; some with a job or status filter), never cached; details written run by run "
+         f"(bench.web_data); {note}; "
          f"{search['requests']:,.0f} requests, {search['errors']:.0f} errors or non-2xx"],
         {"ratio": ratio <= 4, "errors": search["errors"] == 0},
     )

@@ -39,9 +39,9 @@ def _search_where(filters: dict[str, Any], args: list[Any], run: str = "j") -> l
 # out by job, status or time) or collects every match through the trigram index to sort them. So the
 # newest RECENT_WINDOW ids are searched first (the planner picks its plan); then windows of ids below,
 # FIRST_WINDOW wide and GROWTH times wider each, each a bitmap AND of the trigram index and an id range
-# (only that window's candidates are checked), until a page is found or the ids run out. When the newest
-# window did not fill the page, a text the planner expects in at most RARE_ROWS messages (its statistics
-# of the indexed expression say so well) skips the windows: one bitmap scan finds every match left.
+# (only that window's candidates are checked), until a page is found or the ids run out. A text the
+# planner expects in at most RARE_ROWS messages (its statistics of the indexed expression say so well)
+# skips the windows, the newest too: one bitmap scan of the trigram index finds every match.
 RARE_ROWS = 3_000
 RECENT_WINDOW = 4_000
 FIRST_WINDOW = 64_000
@@ -91,24 +91,26 @@ async def search_details(conn: asyncpg.Connection, filters: dict[str, Any], limi
     in_window = f" AND d.id >= ${len(args) + 1} AND d.id < ${len(args) + 2}"
     sql = f"{select}{in_window} ORDER BY d.id DESC LIMIT ${len(args) + 3}"
     deadline = time.monotonic() + SEARCH_SECONDS
-    # The newest ids first, with the plan the planner picks (a common text: the id index, row by row).
-    newest = max(low, high - RECENT_WINDOW)
-    found = list(await conn.fetch(sql, *args, newest, high, limit))
-    if len(found) >= limit or newest <= low:
-        return found
     plan = await conn.fetchval(
         f"EXPLAIN (FORMAT JSON) SELECT 1 FROM job_log_details d JOIN job_logs j ON j.id = d.job_log_id "
-        f"WHERE {' AND '.join(where)}{in_window}", *args, low, newest)
-    rare = json.loads(plan)[0]["Plan"]["Plan Rows"] <= RARE_ROWS
-    # Nothing enough among the newest: the text is rare or lies further back, where walking the id index row
-    # by row is the slow plan. Each window is a bitmap AND (index-only scans, as the join to the run may
-    # use, stay allowed).
-    await conn.execute("SET LOCAL enable_indexscan = off")
+        f"WHERE {' AND '.join(where)}{in_window}", *args, low, high)
+    found: list[asyncpg.Record] = []
+    newest = high
+    if json.loads(plan)[0]["Plan"]["Plan Rows"] > RARE_ROWS:
+        # A common text: the newest ids first, with the plan the planner picks (the id index, row by row).
+        newest = max(low, high - RECENT_WINDOW)
+        found = list(await conn.fetch(sql, *args, newest, high, limit))
+        if len(found) >= limit or newest <= low:
+            return found
+    rare = newest == high
+    # A rare text, or not enough among the newest: the rest lies further back, where walking the id index
+    # row by row is the slow plan. Each window is a bitmap AND (index-only scans, as the join to the run
+    # may use, stay allowed). All the windows together stop at SEARCH_SECONDS.
     for bottom, top in [(low, newest)] if rare else id_windows(low, newest, FIRST_WINDOW):
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
             raise asyncpg.QueryCanceledError("the search's windows took longer than SEARCH_SECONDS")
-        await conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
+        await conn.execute(f"SET LOCAL enable_indexscan = off; SET LOCAL statement_timeout = {left_ms}")
         found += await conn.fetch(sql, *args, bottom, top, limit - len(found))
         if len(found) >= limit:
             break
