@@ -1,8 +1,12 @@
 """The web benchmark's dataset: 1,000,000 runs and 20,000,000 details (times JOBLOG_BENCH_SCALE).
 
 Generated with generate_series straight into job_logs/job_log_details of a dedicated database,
-joblog_bench_web, which is kept between runs: rebuilding it takes minutes, and a bench_dataset
-row (with a count check) says what is in it. The indexes of job_log_details are dropped during the
+joblog_bench_web2, which is kept between runs: rebuilding it takes minutes, and a bench_dataset
+row (with a count check) says what is in it. Each run's details are written together, run after
+run (as workers write them), so the newest ids hold the newest runs' messages. (Until 2 Dec 2026 the
+dataset was written step-major, every run's step 1, then every run's step 2, ..., in
+joblog_bench_web: a different dataset, hence the new database name, so a branch benchmarking
+the old one never rebuilds this one or the reverse.) The indexes of job_log_details are dropped during the
 load and rebuilt after, which is several times faster than maintaining them row by row.
 
     .venv/bin/python -m bench.web_data            # build (or confirm) the cached dataset
@@ -20,7 +24,7 @@ import asyncpg
 from bench.common import Servers, scale
 from joblog.migrate import migrate
 
-DATABASE = "joblog_bench_web"
+DATABASE = "joblog_bench_web2"  # 2: run-major details (see above)
 RUNS_AT_SCALE_1 = 1_000_000
 DETAILS_PER_RUN = 20
 BASE = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -58,6 +62,7 @@ SELECT {RUN_ID.format(i="i")}, 'step-' || k,
        k + 2, k + 2,
        $1::timestamptz + make_interval(secs => i + k * 0.04), $1::timestamptz + make_interval(secs => i + k * 0.04)
 FROM generate_series($2::int, $3::int) AS i, generate_series(1, $4::int) AS k
+ORDER BY i, k
 """
 
 META = """
@@ -78,7 +83,7 @@ def web_scale() -> float:
 
 
 def database(at: float | None = None) -> str:
-    """joblog_bench_web at full size; a quicker scale gets its own, so it never wipes the big one."""
+    """joblog_bench_web2 at full size; a quicker scale gets its own, so it never wipes the big one."""
     at = web_scale() if at is None else at
     return DATABASE if at == 1 else f"{DATABASE}_{str(at).replace('.', '_')}"
 

@@ -32,9 +32,9 @@ async def search(app: web.Application, filters: dict[str, Any], limit: int = SEA
     """Messages (and, on the first page, failed runs' errors) that contain the text, newest first."""
     text = filters["text"]
     try:
-        async with app[POOL].acquire() as conn:
-            rows = await investigate_db.search_details(conn, filters, limit + 1)
+        async with app[POOL].acquire() as conn, investigate_db.search_transaction(conn):
             errors = [] if filters.get("before") else await investigate_db.search_errors(conn, filters, ERRORS_ON_SEARCH)
+            rows = await investigate_db.search_details(conn, filters, limit + 1)  # last: it changes settings
     except asyncpg.QueryCanceledError:
         raise BadRequest("this search matches too much to answer quickly: add a job, a status or a time range, "
                          "or search for a longer text") from None

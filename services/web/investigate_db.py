@@ -5,7 +5,11 @@ Search matches ILIKE '%text%' on the expressions the trigram indexes of migratio
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +19,7 @@ from services.web.db import RUN_COLUMNS, _like_escape
 
 # The longest a search may take before it is given up (a very common word over millions of messages).
 SEARCH_TIMEOUT = "8s"
+SEARCH_SECONDS = 8.0  # the same, for all the windows of one search together
 
 
 def _search_where(filters: dict[str, Any], args: list[Any], run: str = "j") -> list[str]:
@@ -27,27 +32,108 @@ def _search_where(filters: dict[str, Any], args: list[Any], run: str = "j") -> l
     return where
 
 
-async def search_details(conn: asyncpg.Connection, filters: dict[str, Any], limit: int) -> list[asyncpg.Record]:
-    """Messages whose text, key or data contain the text (any case), newest first, keyset on the detail's id."""
+# Newest-first search in windows of detail ids (see docs/performance.md section 7). A text one message
+# in twenty holds is found among the newest few thousand rows; a rare one costs a trigram index scan or
+# a few. What is slow is checking `ILIKE` on many rows (several µs each): a plain `ORDER BY id DESC LIMIT`
+# either walks the id index back past every non-match (a text common once but absent lately, or filtered
+# out by job, status or time) or collects every match through the trigram index to sort them. So the
+# newest RECENT_WINDOW ids are searched first (the planner picks its plan); then windows of ids below,
+# FIRST_WINDOW wide and GROWTH times wider each, each a bitmap AND of the trigram index and an id range
+# (only that window's candidates are checked), until a page is found or the ids run out. A text the
+# planner expects in at most RARE_ROWS messages (its statistics of the indexed expression say so well;
+# the filters are not counted: a rare job does not make a common text cheap to check) skips the windows,
+# the newest too: one bitmap scan of the trigram index finds every match.
+RARE_ROWS = 3_000
+RECENT_WINDOW = 4_000
+FIRST_WINDOW = 64_000
+GROWTH = 4
+
+SEARCH_COLUMNS = """d.id, d.key, d.message, d.level, d.data::text AS data_text, d.first_seq, d.created_at,
+                    j.name, j.job, j.status, j.worker_id, j.created_at AS run_created_at, j.started_at"""
+
+
+def _detail_search(filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
     args: list[Any] = [f"%{_like_escape(filters['text'])}%"]
-    where = ["joblog_detail_text(d.key, d.message, d.data) ILIKE $1", *_search_where(filters, args)]
+    return ["joblog_detail_text(d.key, d.message, d.data) ILIKE $1", *_search_where(filters, args)], args
+
+
+def id_windows(low: int, high: int, first: int) -> list[tuple[int, int]]:
+    """The [from, to) windows of ids, newest first, that cover low..high-1: `first` wide, then GROWTH times
+    wider each (the last one ends at low)."""
+    windows, width, top = [], first, high
+    while top > low:
+        bottom = max(low, top - width)
+        windows.append((bottom, top))
+        width *= GROWTH
+        top = bottom
+    return windows
+
+
+async def search_details(conn: asyncpg.Connection, filters: dict[str, Any], limit: int) -> list[asyncpg.Record]:
+    """Messages whose text, key or data contain the text (any case), newest first, keyset on the detail's id
+    (`before`: ids below it). Runs in the caller's transaction if it has one (see search_transaction), whose
+    settings it changes (enable_indexscan, statement_timeout): call it last there."""
+    if not conn.is_in_transaction():
+        async with search_transaction(conn):
+            return await search_details(conn, filters, limit)
+    where, args = _detail_search(filters)
+    select = f"SELECT {SEARCH_COLUMNS} FROM job_log_details d JOIN job_logs j ON j.id = d.job_log_id WHERE {' AND '.join(where)}"
+    if filters.get("run") is not None:  # one run's messages: its own index finds them, no windows
+        if filters.get("before") is not None:
+            args.append(filters["before"])
+            select += f" AND d.id < ${len(args)}"
+        return await conn.fetch(f"{select} ORDER BY d.id DESC LIMIT ${len(args) + 1}", *args, limit)
+    bounds = await conn.fetchrow("SELECT min(id) AS low, max(id) AS high FROM job_log_details")
+    if bounds["low"] is None:
+        return []
+    low, high = bounds["low"], bounds["high"] + 1
     if filters.get("before") is not None:
-        args.append(filters["before"])
-        where.append(f"d.id < ${len(args)}")
-    args.append(limit)
-    sql = f"""
-        SELECT d.id, d.key, d.message, d.level, d.data::text AS data_text, d.first_seq, d.created_at,
-               j.name, j.job, j.status, j.worker_id, j.created_at AS run_created_at, j.started_at
-        FROM job_log_details d JOIN job_logs j ON j.id = d.job_log_id
-        WHERE {' AND '.join(where)}
-        ORDER BY d.id DESC LIMIT ${len(args)}"""
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL statement_timeout = '{SEARCH_TIMEOUT}'")
-        return await conn.fetch(sql, *args)
+        high = max(low, min(filters["before"], high))
+    in_window = f" AND d.id >= ${len(args) + 1} AND d.id < ${len(args) + 2}"
+    sql = f"{select}{in_window} ORDER BY d.id DESC LIMIT ${len(args) + 3}"
+    deadline = time.monotonic() + SEARCH_SECONDS
+    # How many messages hold the text, filters aside: what a bitmap scan of the trigram index would check.
+    plan = await conn.fetchval(
+        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM job_log_details d WHERE {where[0]} AND d.id >= $2 AND d.id < $3",
+        args[0], low, high)
+    found: list[asyncpg.Record] = []
+    newest = high
+    if json.loads(plan)[0]["Plan"]["Plan Rows"] > RARE_ROWS:
+        # A common text: the newest ids first, with the plan the planner picks (the id index, row by row).
+        newest = max(low, high - RECENT_WINDOW)
+        found = list(await conn.fetch(sql, *args, newest, high, limit))
+        if len(found) >= limit or newest <= low:
+            return found
+    rare = newest == high
+    # A rare text, or not enough among the newest: the rest lies further back, where walking the id index
+    # row by row is the slow plan. Each window is a bitmap AND (index-only scans, as the join to the run
+    # may use, stay allowed). All the windows together stop at SEARCH_SECONDS.
+    for bottom, top in [(low, newest)] if rare else id_windows(low, newest, FIRST_WINDOW):
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            raise asyncpg.QueryCanceledError("the search's windows took longer than SEARCH_SECONDS")
+        await conn.execute(f"SET LOCAL enable_indexscan = off; SET LOCAL statement_timeout = {left_ms}")
+        found += await conn.fetch(sql, *args, bottom, top, limit - len(found))
+        if len(found) >= limit:
+            break
+    return found
+
+
+@contextlib.asynccontextmanager
+async def search_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A read-only transaction for one search's queries, each stopped at SEARCH_TIMEOUT, each planned for its
+    own text and bounds (a generic plan knows neither)."""
+    async with conn.transaction(readonly=True):
+        await conn.execute(f"SET LOCAL statement_timeout = '{SEARCH_TIMEOUT}'; SET LOCAL plan_cache_mode = force_custom_plan")
+        yield
 
 
 async def search_errors(conn: asyncpg.Connection, filters: dict[str, Any], limit: int) -> list[asyncpg.Record]:
-    """Failed runs whose error class or message contain the text, newest first."""
+    """Failed runs whose error class or message contain the text, newest first (in the caller's transaction
+    if it has one)."""
+    if not conn.is_in_transaction():
+        async with search_transaction(conn):
+            return await search_errors(conn, filters, limit)
     args: list[Any] = [f"%{_like_escape(filters['text'])}%"]
     where = ["j.error_message IS NOT NULL", "(COALESCE(j.error_class, '') || ' ' || j.error_message) ILIKE $1",
              *_search_where(filters, args)]
@@ -56,9 +142,7 @@ async def search_errors(conn: asyncpg.Connection, filters: dict[str, Any], limit
         SELECT j.name, j.job, j.status, j.worker_id, j.created_at, j.started_at, j.error_class, j.error_message, j.failed_step
         FROM job_logs j WHERE {' AND '.join(where)}
         ORDER BY j.created_at DESC, j.id DESC LIMIT ${len(args)}"""
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL statement_timeout = '{SEARCH_TIMEOUT}'")
-        return await conn.fetch(sql, *args)
+    return await conn.fetch(sql, *args)
 
 
 async def page_after(conn: asyncpg.Connection, run_id: uuid.UUID, seq: int, per_page: int, levels: list[str] | None) -> int:
