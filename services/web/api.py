@@ -16,12 +16,12 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN, ActionKind
 from services.contracts.statuses import STATUSES, RunStatus
-from services.web import db, params, queries
+from services.web import db, monitoring, params, queries
 from services.web.actions import trigger_job
 from services.web.errors import BadRequest, NotFound
 from services.web.keys import SETTINGS
 
-RunState = Literal[RunStatus, Literal["stalled"]]
+RunState = Literal[RunStatus, Literal["stalled"], Literal["skipped"]]
 RUNS_MOST = 200
 ACTIONS_MOST = 500
 
@@ -36,7 +36,7 @@ class Run(_Out):
     name: str = Field(description="YYYYMMDDhhmmss[-N] in the configured time zone.")
     job: str
     status: RunStatus
-    state: RunState = Field(description="The status to show: 'stalled' when an open run's worker is lost (no heartbeat, and no clean stop).")
+    state: RunState = Field(description="The status to show: 'stalled' when an open run's worker is lost (no heartbeat, and no clean stop); 'skipped' for a run (status success) skipped because its job was already running.")
     summary: str = Field(description="One line: what the run did, or why it failed.")
     trigger: str | None
     requested_by: str | None
@@ -153,6 +153,16 @@ class TriggerAccepted(_Out):
     command_id: str
     job: str
     trigger: Literal["manual", "retry"]
+    run_url: str = Field(description="Redirects (303) to the run's page once a worker has created it.")
+    status_url: str = Field(description="JSON: the run's name once it exists, null until then.")
+
+
+class CommandStatus(_Out):
+    """The run a trigger command started: null until a worker has created it."""
+
+    command_id: str
+    run: str | None
+    url: str | None
 
 
 class Error(_Out):
@@ -233,12 +243,25 @@ async def trigger(request: web.Request) -> web.Response:
         first = error.errors()[0]
         raise BadRequest(f"body: {'.'.join(map(str, first['loc'])) or 'JSON'}: {first['msg']}") from None
     command_id = await trigger_job(request, job, body.retry_of, via="api")
-    return _json(TriggerAccepted(command_id=command_id, job=job, trigger="retry" if body.retry_of else "manual"), status=202)
+    accepted = TriggerAccepted(
+        command_id=command_id, job=job, trigger="retry" if body.retry_of else "manual",
+        run_url=f"/commands/{command_id}", status_url=f"/api/commands/{command_id}",
+    )
+    return web.json_response(text=accepted.model_dump_json(), status=202, headers={"Location": accepted.run_url})
+
+
+async def command_status(request: web.Request) -> web.Response:
+    """The run a trigger command started, or null while no worker has taken it yet."""
+    command_id = request.match_info["command_id"]
+    if not params.COMMAND_PATTERN.match(command_id):
+        raise NotFound("No such command.")
+    name = await monitoring.run_of_command(request.app, command_id)
+    return _json(CommandStatus(command_id=command_id, run=name, url=f"/runs/{name}" if name else None))
 
 
 # OpenAPI -------------------------------------------------------------------------------------------
 
-MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, ActionList, TriggerAccepted, Error]
+MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, ActionList, TriggerAccepted, CommandStatus, Error]
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -288,6 +311,12 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "listActions", "summary": "The audit trail: who did what, newest first",
                 "parameters": [_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": ACTIONS_MOST}, "Actions (default 50).")],
                 "responses": _ok(ActionList),
+            }},
+            "/api/commands/{command_id}": {"get": {
+                "operationId": "getCommand", "summary": "The run a trigger started (null until a worker has created it)",
+                "parameters": [_param("command_id", "path", {"type": "string", "pattern": params.COMMAND_PATTERN.pattern},
+                                      "The trigger's command_id (TriggerAccepted).")],
+                "responses": _ok(CommandStatus),
             }},
             "/api/jobs/{job}/trigger": {"post": {
                 "operationId": "triggerJob", "summary": "Run a job now (or retry a failed run)", "parameters": [job],

@@ -288,3 +288,32 @@ if (emptyIndex) listen(emptyIndex.dataset.liveEmpty, "since", null, { run: () =>
 const runHead = document.querySelector("[data-live-run]");
 if (runHead) liveRun(runHead);
 watchLoadMore();
+
+// The Jobs Monitor, live: on every run event of the index's feed (debounced), and every few seconds for
+// heartbeats, the recorder's lag and alerts, its body is replaced by the server's rendering of it.
+function liveMonitor(container) {
+  let timer = null;
+  let busy = false;
+  const refresh = async () => {
+    timer = null;
+    if (busy) { schedule(300); return; }
+    busy = true;
+    try {
+      const response = await fetch(container.dataset.liveMonitor, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+      if (response.ok) {
+        container.innerHTML = await response.text();
+        container.dataset.refreshed = String(Number(container.dataset.refreshed || 0) + 1);
+      }
+    } catch (error) {
+      // The server is away: the next tick tries again.
+    } finally {
+      busy = false;
+    }
+  };
+  const schedule = (delay) => { if (timer === null) timer = window.setTimeout(refresh, delay); };
+  listen(container.dataset.liveRunsFeed, "since", null, { run: () => schedule(250) });
+  window.setInterval(() => schedule(0), 5000);
+}
+
+const monitorBody = document.querySelector("[data-live-monitor]");
+if (monitorBody) liveMonitor(monitorBody);
