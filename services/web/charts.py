@@ -33,7 +33,7 @@ def _bucket_label(start: datetime, size: str, zone: ZoneInfo) -> str:
 
 def runs_bars(bars: Sequence[dict[str, Any]], size: str, zone: ZoneInfo, label: str) -> Markup:
     """Runs per hour or day, stacked by outcome (success at the bottom, then error, then skipped)."""
-    width, height, top, bottom, left = 640, 220, 12, 30, 34
+    width, height, top, bottom, left = 960, 260, 12, 30, 40
     plot = height - top - bottom
     most = max([sum(b["counts"].values()) for b in bars] + [1])
     scale = _nice(most)
@@ -70,7 +70,7 @@ def runs_bars(bars: Sequence[dict[str, Any]], size: str, zone: ZoneInfo, label: 
 
 def durations(runs: Sequence[dict[str, Any]], p50: int | None, p95: int | None, label: str) -> Markup:
     """The duration of each recent run (oldest left), coloured by outcome, with the p50 and p95 lines."""
-    width, height, top, bottom, left = 640, 200, 12, 12, 60
+    width, height, top, bottom, left = 960, 220, 12, 12, 60
     plot = height - top - bottom
     most = max([int(r["duration_ms"]) for r in runs] + [p95 or 0, 1])
     step = (width - left - 4) / max(1, len(runs))

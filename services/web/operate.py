@@ -135,6 +135,18 @@ async def bulk_retry(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/?{urlencode(shown)}")
 
 
+async def _projected(app: web.Application, name: str, wait: float) -> bool:
+    """The run is in the projection (its page exists), waiting up to `wait` s for the recorder."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        async with app[POOL].acquire() as conn:
+            if await conn.fetchval("SELECT 1 FROM job_logs WHERE name = $1", name):
+                return True
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+
+
 async def command_run(request: web.Request) -> web.StreamResponse:
     """/commands/<id>: the run a trigger started, as soon as it exists (303 to its page); until then a page that
     keeps looking. "Run now" and "Retry" land here."""
@@ -145,7 +157,7 @@ async def command_run(request: web.Request) -> web.StreamResponse:
     if name is None and request.query.get("wait") != "no":
         waited = request.app[FEED].wait_for_command(command_id, LANDING_WAIT)
         name = await waited or await monitoring.run_of_command(request.app, command_id)
-    if name is not None:
+    if name is not None and await _projected(request.app, name, LANDING_WAIT):
         raise web.HTTPSeeOther(f"/runs/{name}")
     job = request.query.get("job", "")
     return aiohttp_jinja2.render_template("waiting.html", request, {

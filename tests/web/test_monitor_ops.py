@@ -136,6 +136,9 @@ async def test_run_now_lands_on_the_run_its_command_started(client, js, subjects
     pending = asyncio.ensure_future(waiter)
     await asyncio.sleep(0.3)
     await js.publish(subjects.for_event(created), created.model_dump_json().encode())
+    await asyncio.sleep(0.3)
+    assert not pending.done()  # the feed has the name, the recorder not yet the run: its page would be a 404
+    await project([created])
     found = await pending
     assert found.status == 303 and found.headers["Location"] == "/runs/20261129090000"
     status = await (await client.get(f"/api/commands/{command.command_id}")).json()
