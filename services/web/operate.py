@@ -26,7 +26,7 @@ from services.web.keys import FEED, NATS_CONNECTION, SETTINGS, POOL
 log = structlog.get_logger("joblog.web")
 
 # How long "Run now" waits for its run to exist before showing a page that keeps looking.
-LANDING_WAIT = 10.0
+LANDING_WAIT = 5.0
 
 
 def _back(form: Any, job: str) -> str:
