@@ -135,6 +135,22 @@ async def healthz_under_guesses(servers: Servers, dsn: str, duration: int) -> Re
     )
 
 
+def job_page_result(job: dict[str, float], index: dict[str, float], runs: int, duration: int) -> Result:
+    """3e: the job page (statistics pre-aggregated in job_stats) must cost about what the index costs."""
+    ratio = job["p99"] / index["p99"] if index["p99"] else float("inf")
+    ok = ratio <= 3 and job["p99"] < 25 and job["errors"] == 0
+    return Result(
+        "3e. Web job page `/jobs/{job}` (charts, statistics) against the index page",
+        f"{job['rps']:,.0f} req/s, p50 {job['p50']:.1f} ms, p99 {job['p99']:.1f} ms",
+        f"index p99 {index['p99']:.1f} ms, {index['rps']:,.0f} req/s", f"{ratio:.2f}", "p99 ratio <= 3 and p99 < 25 ms", ok,
+        f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
+        [f"{runs:,} runs; the same web process, wrk -t1 -c{CONNECTIONS} -d{duration}s each; the job page is rendered per "
+         "request (not cached): job_stats buckets, its last 50 runs, last result and success by index, three SVGs; "
+         f"{job['requests']:,.0f} requests, {job['errors']:.0f} errors or non-2xx"],
+        {"ratio": ratio <= 3, "p99": job["p99"] < 25, "errors": job["errors"] == 0},
+    )
+
+
 async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     if not shutil.which("wrk"):
         raise RuntimeError("wrk not found: apt-get install -y wrk")
@@ -164,6 +180,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             figures["healthz"] = await asyncio.to_thread(wrk, base + "/healthz", duration)
             await asyncio.to_thread(wrk, base + "/", WARMUP_SECONDS)
             figures["index"] = await asyncio.to_thread(wrk, base + "/", duration)
+            # A job's page (charts from job_stats, its last runs by index), uncached, against the index.
+            await asyncio.to_thread(wrk, base + "/jobs/sync_open_orders", WARMUP_SECONDS)
+            figures["job"] = await asyncio.to_thread(wrk, base + "/jobs/sync_open_orders", duration)
             await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
             figures["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
             rss = peak_rss_mb(process.pid)
@@ -185,6 +204,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
              f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
             {"p99": f["p99"] < 25, "ratio": ratio >= 0.3},
         ))
+    results.append(job_page_result(figures["job"], figures["index"], runs, duration))
     floor = figures["healthz"]
     results.append(Result(
         "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",

@@ -131,7 +131,7 @@ async def job_page(app: web.Application, job: str, range_key: str) -> dict[str, 
         recent = await conn.fetch(RECENT, job, RECENT_RUNS)
         states = await schedule_states(conn)
         results = await last_results(conn, [job])
-    bars = [{"start": start, "counts": {o: 0 for o in OUTCOMES}} for start in starts]
+    bars: list[dict[str, Any]] = [{"start": start, "counts": {o: 0 for o in OUTCOMES}} for start in starts]
     totals = {o: 0 for o in OUTCOMES}
     duration_runs = duration_ms = 0
     for row in rows:

@@ -16,9 +16,13 @@ from services.sync_worker.main import run as run_worker
 from services.sync_worker.sources.sample import generate_orders, write_csv
 from tests.conftest import eventually
 from tests.factories import run_events
-from tests.sync_worker.test_pause_and_cancel import test_jobs  # noqa: F401  (the fixture)
-from tests.web.test_browser import DESKTOP, browser, shoot  # noqa: F401  (the fixture)
+import tests.sync_worker.test_pause_and_cancel as worker_tests
+import tests.web.test_browser as browser_tests
 from tests.web.test_monitor_ops import name_at, skipped
+
+DESKTOP, shoot = browser_tests.DESKTOP, browser_tests.shoot
+browser = browser_tests.browser  # the fixtures, shared
+test_jobs = worker_tests.test_jobs
 
 pytestmark = pytest.mark.browser
 RUN_URL = re.compile(r"/runs/\d{14}(-\d+)?$")
@@ -118,7 +122,7 @@ async def _more(db: Any, query: str, than: int) -> bool:
 
 async def test_cancel_ends_a_hung_run_as_error_with_who_cancelled_it(
     browser: Browser, client: Any, services: Any, make_worker_settings: Any, recorder_settings: Any,
-    test_jobs: Any,  # noqa: F811
+    test_jobs: Any,
 ) -> None:
     await services(run_recorder, recorder_settings)
     await services(run_worker, make_worker_settings(cancel_grace=0.2, shutdown_grace=1))
