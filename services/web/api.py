@@ -118,6 +118,9 @@ class Job(_Out):
     next_run: datetime | None
     available: bool = Field(description="A worker online offers this job.")
     latest: Run | None
+    paused: bool = Field(default=False, description="Its schedule is paused (the Monitor's Pause): no scheduled runs.")
+    paused_by: str | None = Field(default=None, description="Who paused it.")
+    paused_at: datetime | None = Field(default=None, description="When it was paused.")
 
 
 class JobList(_Out):
@@ -221,7 +224,13 @@ async def list_open_orders(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = await queries.jobs(request.app)
-    return _json(JobList(jobs=[Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None}) for job in jobs]))
+    states = await monitoring.pause_states(request.app)
+    found = []
+    for job in jobs:
+        state = states.get(job["name"])
+        paused = {"paused": True, "paused_by": state["requested_by"], "paused_at": state["changed_at"]} if state and state["paused"] else {}
+        found.append(Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None, **paused}))
+    return _json(JobList(jobs=found))
 
 
 async def list_actions(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from services.web import charts, monitoring, params, queries
+from services.web import charts, monitoring, pages, params, queries
 from services.web.accounts import account_of
 from services.web.errors import NotFound
 from services.web.keys import SETTINGS
@@ -42,18 +42,24 @@ async def monitor_live(request: web.Request) -> web.Response:
 
 
 async def job_page(request: web.Request) -> web.Response:
-    """One job: runs per hour or day by outcome, durations with p50/p95, success rate, last runs; 24 h / 7 d / 30 d."""
+    """One job: runs per hour or day by outcome, durations with p50/p95, success rate, last runs; 24 h / 7 d / 30 d.
+
+    Cached like the index (per projection version, which a pause moves too, for at most the cache's max age)."""
     job = params.path_job(request)
     range_key = params.choice(request, "range", monitoring.RANGES) or "24h"
-    known = {j["name"]: j for j in await queries.jobs(request.app)}
-    if job not in known:
-        raise NotFound(f"There is no job named {job}: no worker offers it and it has no runs.")
-    data = await monitoring.job_page(request.app, job, range_key)
-    zone = request.app[SETTINGS].zone
-    per = "hour" if data["bucket"] == "hour" else "day"
-    data["runs_chart"] = charts.runs_bars(data["bars"], data["bucket"], zone, f"Runs of {job} per {per}, last {data['range_label']}, by outcome")
-    data["durations_chart"] = charts.durations(data["timed"], data["p50"], data["p95"], f"Duration of the last {len(data['timed'])} runs of {job}")
-    data["sparkline"] = charts.sparkline(data["spark"], f"Last {len(data['spark'])} runs of {job}")
-    return aiohttp_jinja2.render_template("job.html", request, {
-        **data, "info": known[job], "account": account_of(request), "notice": params.notice(request),
-    })
+
+    async def load() -> dict[str, Any]:
+        known = {j["name"]: j for j in await queries.jobs(request.app)}
+        if job not in known:
+            raise NotFound(f"There is no job named {job}: no worker offers it and it has no runs.")
+        data = await monitoring.job_page(request.app, job, range_key)
+        zone = request.app[SETTINGS].zone
+        per = "hour" if data["bucket"] == "hour" else "day"
+        data["runs_chart"] = charts.runs_bars(
+            data["bars"], data["bucket"], zone, f"Runs of {job} per {per}, last {data['range_label']}, by outcome")
+        data["durations_chart"] = charts.durations(
+            data["timed"], data["p50"], data["p95"], f"Duration of the last {len(data['timed'])} runs of {job}")
+        data["sparkline"] = charts.sparkline(data["spark"], f"Last {len(data['spark'])} runs of {job}")
+        return {**data, "info": known[job], "notice": params.notice(request)}
+
+    return await pages.cached(request, "job.html", load)

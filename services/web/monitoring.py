@@ -78,6 +78,11 @@ async def schedule_states(conn: asyncpg.Connection) -> dict[str, asyncpg.Record]
     return {row["job"]: row for row in rows}
 
 
+async def pause_states(app: web.Application) -> dict[str, asyncpg.Record]:
+    async with app[POOL].acquire() as conn:
+        return await schedule_states(conn)
+
+
 async def monitor_extras(app: web.Application, jobs: list[str]) -> dict[str, dict[str, Any]]:
     """What the Monitor shows per job beyond its latest run: last result, pause, sparkline, 24 h rate."""
     directory = app[DIRECTORY]

@@ -102,6 +102,8 @@ async def test_pause_and_resume_put_the_state_on_the_stream_the_monitor_shows_wh
     # The Monitor shows it only for a scheduled job; the job page shows who paused it for any.
     page = await (await client.get("/jobs/sync_open_orders")).text()
     assert "paused by anonymous" in page
+    [job] = (await (await client.get("/api/jobs")).json())["jobs"]
+    assert (job["paused"], job["paused_by"]) == (True, "anonymous")
 
     back = await client.post("/jobs/sync_open_orders/resume", data={"confirm": "yes", "back": "job"}, allow_redirects=False)
     assert back.headers["Location"] == "/jobs/sync_open_orders?notice=resumed&job=sync_open_orders"
