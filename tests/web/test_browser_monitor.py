@@ -122,7 +122,7 @@ async def _more(db: Any, query: str, than: int) -> bool:
 
 async def test_cancel_ends_a_hung_run_as_error_with_who_cancelled_it(
     browser: Browser, client: Any, services: Any, make_worker_settings: Any, recorder_settings: Any,
-    test_jobs: Any,
+    test_jobs: Any, db: Any,
 ) -> None:
     await services(run_recorder, recorder_settings)
     await services(run_worker, make_worker_settings(cancel_grace=0.2, shutdown_grace=1))
@@ -136,6 +136,9 @@ async def test_cancel_ends_a_hung_run_as_error_with_who_cancelled_it(
     await page.get_by_role("button", name="Cancel run").click()
     await expect(page.get_by_role("status").first).to_contain_text("Cancelling run")
     await expect(page.locator('[data-field="badge"] .badge')).to_have_text("✕Error", timeout=15_000)
+    name = page.url.split("?")[0].rsplit("/", 1)[1]
+    # The live page shows the event itself; the reload shows the projection, once the recorder has it.
+    await eventually(lambda: db.fetchval("SELECT status = 'error' FROM job_logs WHERE name = $1", name))
     await page.reload()
     await expect(page.locator(".error-box")).to_contain_text("cancelled by anonymous")
     await expect(page.locator(".details li").last).to_contain_text("Cancelled by anonymous during step 'waiting'")
