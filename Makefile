@@ -20,8 +20,11 @@ $(VENV)/.installed: $(BIN)/python $(LOCK) pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/joblog dev
 
+# Two test processes (pytest-xdist), a test file each at a time: most tests wait on servers, not the CPU.
+# Every test has its own database, stream and subject prefix, so they never see each other.
+TEST_JOBS ?= 2
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 # The chaos soak for minutes (docs/reliability.md); `make test` runs a short one.
 SOAK_SECONDS ?= 300

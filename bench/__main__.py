@@ -20,11 +20,12 @@ Benchmark = Callable[[Servers], Awaitable[tuple[list[Result], dict[str, float]]]
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    from bench import recorder, sync, web, worker
+    from bench import recorder, recorder_search, sync, web, worker
 
     return {
         "recorder_throughput": recorder.recorder_throughput,
         "recorder_lag": recorder.recorder_lag,
+        "recorder_search_index": recorder_search.recorder_search_index,
         "web": web.web,
         "sync": sync.sync,
         "worker_overhead": worker.worker_overhead,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.common import PYTHON, ROOT, Result, Servers, delete_streams, peak_rss_mb, scale, service_env, service_process
 from bench.web_data import ensure_dataset, run_name, web_scale
+from bench.web_search import search_result, search_script
 from joblog.servers import free_port, port_open
 
 CONNECTIONS = 16
@@ -140,7 +141,7 @@ def job_page_result(job: dict[str, float], index: dict[str, float], runs: int, d
     ratio = job["p99"] / index["p99"] if index["p99"] else float("inf")
     ok = ratio <= 3 and job["errors"] == 0
     return Result(
-        "3e. Web job page `/jobs/{job}` (charts, statistics) against the index page",
+        "3f. Web job page `/jobs/{job}` (charts, statistics) against the index page",
         f"{job['rps']:,.0f} req/s, p50 {job['p50']:.1f} ms, p99 {job['p99']:.1f} ms",
         f"index p99 {index['p99']:.1f} ms, {index['rps']:,.0f} req/s", f"{ratio:.2f}", "p99 ratio <= 3", ok,
         f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
@@ -186,6 +187,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             figures["job"] = await asyncio.to_thread(wrk, base + "/jobs/sync_open_orders", duration)
             await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
             figures["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
+            searches = search_script(Path(tmp))
+            await asyncio.to_thread(wrk, base + "/search", WARMUP_SECONDS, searches)
+            figures["search"] = await asyncio.to_thread(wrk, base + "/search", duration, searches)
             rss = peak_rss_mb(process.pid)
     finally:
         await delete_streams(servers.nats_url, stream)
@@ -205,6 +209,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
              f"{f['errors']:.0f} errors or non-2xx" + ("; 2,000 random runs across the dataset" if key == "run" else "")],
             {"p99": f["p99"] < 25, "ratio": ratio >= 0.3},
         ))
+    results.append(search_result(
+        figures["search"], figures["index"], runs, details, f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up",
+        f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web"))
     results.append(job_page_result(figures["job"], figures["index"], runs, duration))
     floor = figures["healthz"]
     results.append(Result(

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from joblog.servers import EmbeddedPostgres, NatsServer, child_process_options, free_port, port_open
+from joblog.servers import EmbeddedPostgres, NatsServer, ServerError, child_process_options, free_port, port_open
 from joblog.migrate import with_database
 
 SERVICES = ("recorder", "worker", "notifier", "web")
@@ -127,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
         if stop.is_set():
             raise Interrupted
 
+    print("joblog dev: starting NATS, Postgres and the services (Ctrl-C stops them)", file=sys.stderr, flush=True)
     try:
         port = _web_port(args, env)
         if not env.get("JOBLOG_NATS_URL"):
@@ -173,6 +174,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     except Interrupted:
         return 130
+    except ServerError as error:
+        print(f"joblog dev: {error}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if stack_file is not None:
             stack_file.unlink(missing_ok=True)

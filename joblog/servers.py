@@ -167,11 +167,14 @@ class EmbeddedPostgres:
         run_as = self._run_as()
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(  # type: ignore[call-overload]
+            done = subprocess.run(  # type: ignore[call-overload]
                 [initdb, "-D", str(self.data_dir), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
                  "--no-instructions"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", **run_as,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/", **run_as,
             )
+            if done.returncode != 0:
+                said = done.stderr.decode(errors="replace").strip().splitlines()
+                raise ServerError(f"initdb could not create {self.data_dir}: {said[-1] if said else done.returncode}")
         with log.open("ab") as out:
             self.process = subprocess.Popen(  # type: ignore[call-overload]
                 [postgres, "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1",

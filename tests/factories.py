@@ -51,7 +51,8 @@ async def publish(js, subjects, events: list[RunEvent], *, msg_ids: bool = True)
 TABLES_SQL = {
     "job_logs": """SELECT id, name, job, status, trigger, requested_by, worker_id, host, created_at, updated_at,
                           started_at, finished_at, duration_ms, stats, error_class, error_message, error_traceback,
-                          failed_step, last_seq, terminal_seq FROM job_logs ORDER BY id""",
+                          failed_step, last_seq, terminal_seq, error_fingerprint,
+                          seen_seqs::text AS seen_seqs FROM job_logs ORDER BY id""",
     "job_log_details": """SELECT job_log_id, key, message, level, data, first_seq, seq, created_at, updated_at
                           FROM job_log_details ORDER BY job_log_id, key""",
 }

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from joblog.servers import port_open
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("JOBLOG_")}
+
+
+@pytest.fixture
+def checkout() -> Iterator[Path]:
+    """A folder standing in for a checkout, outside pytest's tmp (which a concurrent pytest resets to 0700,
+    locking out the unprivileged user the embedded Postgres runs as when we are root)."""
+    path = Path(tempfile.mkdtemp(prefix="joblog-dev-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 async def start_dev(checkout: Path, *args: str) -> asyncio.subprocess.Process:
@@ -41,22 +56,22 @@ async def stop(process: asyncio.subprocess.Process) -> int:
     return await asyncio.wait_for(process.wait(), 120)
 
 
-async def test_the_cli_of_the_checkout_reaches_the_stack_joblog_dev_started_and_a_taken_port_is_no_traceback(tmp_path):
+async def test_the_cli_of_the_checkout_reaches_the_stack_joblog_dev_started_and_a_taken_port_is_no_traceback(checkout):
     taken = None
     if not port_open("127.0.0.1", 8080):
         taken = socket.socket()
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", 8080))
         taken.listen()
-    dev = await start_dev(tmp_path)
+    dev = await start_dev(checkout)
     try:
         output = await read_until(dev, "Ctrl-C stops everything")
         assert "port 8080 is in use; the web takes" in output and "Traceback" not in output
-        assert (tmp_path / ".joblog" / "stack.env").exists()
+        assert (checkout / ".joblog" / "stack.env").exists()
 
         # No JOBLOG_* variable: the command finds the stack from the checkout it runs in.
         trigger = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "joblog", "trigger", "sync_open_orders", "--wait", cwd=tmp_path, env=CLEAN_ENV,
+            sys.executable, "-m", "joblog", "trigger", "sync_open_orders", "--wait", cwd=checkout, env=CLEAN_ENV,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(trigger.communicate(), 120)
         assert trigger.returncode == 0, err.decode()
@@ -65,17 +80,18 @@ async def test_the_cli_of_the_checkout_reaches_the_stack_joblog_dev_started_and_
         assert await stop(dev) == 0
         if taken is not None:
             taken.close()
-    assert not (tmp_path / ".joblog" / "stack.env").exists(), "a stopped stack leaves no stack file behind"
+    assert not (checkout / ".joblog" / "stack.env").exists(), "a stopped stack leaves no stack file behind"
 
 
-async def test_ctrl_c_while_joblog_dev_starts_stops_everything_it_started(tmp_path):
-    dev = await start_dev(tmp_path)
-    await asyncio.sleep(1.5)  # mid-start: the servers are coming up
+async def test_ctrl_c_while_joblog_dev_starts_stops_everything_it_started(checkout):
+    dev = await start_dev(checkout)
+    output = await read_until(dev, "joblog dev: starting")
+    await asyncio.sleep(0.5)  # mid-start: the servers are coming up
     dev.send_signal(signal.SIGINT)
     code = await asyncio.wait_for(dev.wait(), 120)
     assert dev.stdout is not None
-    output = (await dev.stdout.read()).decode(errors="replace")
+    output += (await dev.stdout.read()).decode(errors="replace")
     assert code == 130, output
     assert "joblog is running" not in output and "stopped" in output
-    assert not (tmp_path / ".joblog" / "stack.env").exists()
-    assert not (tmp_path / ".joblog" / "postgres" / "postmaster.pid").exists(), "Postgres left running"
+    assert not (checkout / ".joblog" / "stack.env").exists()
+    assert not (checkout / ".joblog" / "postgres" / "postmaster.pid").exists(), "Postgres left running"

@@ -36,7 +36,7 @@ def sql(template: str, tables: Tables) -> str:
 _WINS = "(EXCLUDED.terminal_seq IS NOT NULL AND (j.terminal_seq IS NULL OR EXCLUDED.terminal_seq < j.terminal_seq))"
 _TERMINAL_COLUMNS = (
     "terminal_seq", "finished_at", "duration_ms", "stats", "error_class", "error_message",
-    "error_traceback", "failed_step",
+    "error_traceback", "failed_step", "error_fingerprint",
 )
 
 # Runs deleted by an administrator stay deleted: their names are tombstoned. A cutoff is applied once,
@@ -48,17 +48,18 @@ UPSERT_RUNS = f"""
 INSERT INTO {{runs}} AS j (
     id, name, job, status, terminal_seq, trigger, requested_by, worker_id, host, created_at, updated_at,
     started_at, finished_at, duration_ms, stats, error_class, error_message, error_traceback,
-    failed_step, last_seq, incarnation, command_id)
+    failed_step, last_seq, incarnation, command_id, error_fingerprint, seen_seqs)
 SELECT s.id, s.name, s.job, s.status, s.terminal_seq, s.trigger, s.requested_by, s.worker_id, s.host,
        s.created_at, s.updated_at, s.started_at, s.finished_at, s.duration_ms, s.stats::jsonb,
-       s.error_class, s.error_message, s.error_traceback, s.failed_step, s.last_seq, s.incarnation, s.command_id
+       s.error_class, s.error_message, s.error_traceback, s.failed_step, s.last_seq, s.incarnation, s.command_id,
+       s.error_fingerprint, s.seen_seqs::int4multirange
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
             $13::timestamptz[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[],
-            $19::text[], $20::int[], $21::uuid[], $22::text[])
+            $19::text[], $20::int[], $21::uuid[], $22::text[], $23::text[], $24::text[])
      AS s(id, name, job, status, terminal_seq, trigger, requested_by, worker_id, host, created_at,
           updated_at, started_at, finished_at, duration_ms, stats, error_class, error_message,
-          error_traceback, failed_step, last_seq, incarnation, command_id)
+          error_traceback, failed_step, last_seq, incarnation, command_id, error_fingerprint, seen_seqs)
 {_NOT_DELETED}
 ON CONFLICT (id) DO UPDATE SET
     status = CASE
@@ -76,7 +77,8 @@ ON CONFLICT (id) DO UPDATE SET
     command_id = COALESCE(j.command_id, EXCLUDED.command_id),
     created_at = LEAST(j.created_at, EXCLUDED.created_at),
     updated_at = GREATEST(j.updated_at, EXCLUDED.updated_at),
-    last_seq = GREATEST(j.last_seq, EXCLUDED.last_seq)
+    last_seq = GREATEST(j.last_seq, EXCLUDED.last_seq),
+    seen_seqs = j.seen_seqs + EXCLUDED.seen_seqs  -- NULL (a run from before 0009) stays unknown
 """
 
 UPSERT_DETAILS = """

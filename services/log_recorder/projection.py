@@ -28,6 +28,7 @@ from services.contracts import (
     ScheduleResumed,
     StepLogged,
 )
+from services.log_recorder.fingerprints import fingerprint
 
 STATUS_OF = {"run.created": "new", "run.started": "processing", "run.step": "new", "run.succeeded": "success", "run.failed": "error"}
 RANK = STATUS_ORDER
@@ -59,8 +60,11 @@ class RunRow:
     failed_step: str | None = None
     incarnation: uuid.UUID | None = None
     command_id: str | None = None
+    error_fingerprint: str | None = None
+    seqs: set[int] = field(default_factory=set)  # every seq of the run in this batch (completeness)
 
     def apply(self, event: RunEvent) -> None:
+        self.seqs.add(event.seq)
         self.created_at = min(self.created_at, event.occurred_at)
         self.updated_at = max(self.updated_at, event.occurred_at)
         self.last_seq = max(self.last_seq, event.seq)
@@ -83,10 +87,12 @@ class RunRow:
         elif isinstance(event, RunSucceeded):
             self.finished_at, self.duration_ms, self.stats = event.occurred_at, event.duration_ms, event.stats
             self.error_class = self.error_message = self.error_traceback = self.failed_step = None
+            self.error_fingerprint = None
         elif isinstance(event, RunFailed):
             self.finished_at, self.duration_ms, self.stats = event.occurred_at, event.duration_ms, event.stats or None
             self.error_class, self.error_message = event.error_class, event.error_message
             self.error_traceback, self.failed_step = event.traceback, event.step
+            self.error_fingerprint = fingerprint(event.error_class, event.step, event.error_message)
 
 
 @dataclass
@@ -171,6 +177,7 @@ class Batch:
             [scrub(r.error_message) for r in rows], [scrub(r.error_traceback) for r in rows],
             [scrub(r.failed_step) for r in rows],
             [r.last_seq for r in rows], [r.incarnation for r in rows], [scrub(r.command_id) for r in rows],
+            [r.error_fingerprint for r in rows], [seq_ranges(r.seqs) for r in rows],
         ]
 
     def detail_columns(self) -> list[list[Any]]:
@@ -180,6 +187,22 @@ class Batch:
             [_json(d.data) for d in rows], [d.first_seq for d in rows], [d.seq for d in rows],
             [d.created_at for d in rows], [d.updated_at for d in rows],
         ]
+
+
+def seq_ranges(seqs: set[int]) -> str:
+    """seqs as a Postgres int4multirange literal: {[1,18),[19,43)}."""
+    ranges: list[str] = []
+    start = previous = None
+    for seq in sorted(seqs):
+        if previous is not None and seq == previous + 1:
+            previous = seq
+            continue
+        if start is not None:
+            ranges.append(f"[{start},{previous + 1})")  # type: ignore[operator]
+        start = previous = seq
+    if start is not None:
+        ranges.append(f"[{start},{previous + 1})")  # type: ignore[operator]
+    return "{" + ",".join(ranges) + "}"
 
 
 def action_columns(actions: list[tuple[ActionTaken, int | None]]) -> list[list[Any]]:

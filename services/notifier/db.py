@@ -189,15 +189,39 @@ async def dead_letters(conn: asyncpg.Connection) -> tuple[int, int]:
 
 # One due delivery, locked for as long as it is being sent: a crashed notifier's lock goes with its connection.
 CLAIM = """
-SELECT d.alert_id, d.channel, d.target, d.attempts, a.kind, a.job, a.run_name, a.message, a.link, a.details, a.raised_at
+SELECT d.alert_id, d.channel, d.target, d.attempts, d.grouped,
+       a.kind, a.job, a.run_name, a.message, a.link, a.details, a.raised_at
 FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
 WHERE d.state = 'pending' AND d.next_attempt_at <= now()
 ORDER BY d.next_attempt_at
 LIMIT 1
 FOR UPDATE OF d SKIP LOCKED
 """
+# The storm guard: how many alerts this receiver was sent within the window.
+DELIVERED_LATELY = """
+SELECT count(*) FROM alert_deliveries
+WHERE channel = $1 AND target = $2 AND delivered_at > now() - make_interval(secs => $3)
+"""
+# Hold one delivery for the receiver's summary: the one already being gathered, or one a window from now.
+HOLD = """
+UPDATE alert_deliveries SET grouped = true, next_attempt_at = COALESCE(
+    (SELECT min(next_attempt_at) FROM alert_deliveries
+     WHERE channel = $2 AND target = $3 AND state = 'pending' AND grouped),
+    now() + make_interval(secs => $4))
+WHERE alert_id = $1 AND channel = $2 AND target = $3
+"""
+# Everything held for this receiver (the claimed row is locked already), oldest first.
+GROUP = """
+SELECT d.alert_id, d.channel, d.target, d.attempts, d.grouped,
+       a.kind, a.job, a.run_name, a.message, a.link, a.details, a.raised_at
+FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
+WHERE d.channel = $1 AND d.target = $2 AND d.state = 'pending' AND d.grouped AND d.alert_id <> $3
+ORDER BY a.raised_at, a.id
+FOR UPDATE OF d SKIP LOCKED
+"""
 DELIVERED = """
-UPDATE alert_deliveries SET state = 'delivered', delivered_at = now(), attempts = attempts + 1, last_error = NULL
+UPDATE alert_deliveries SET state = 'delivered', delivered_at = now(), attempts = attempts + 1, last_error = NULL,
+    summary_id = $4
 WHERE alert_id = $1 AND channel = $2 AND target = $3
 """
 RETRY = """
@@ -211,8 +235,21 @@ async def claim(conn: asyncpg.Connection) -> asyncpg.Record | None:
     return await conn.fetchrow(CLAIM)
 
 
-async def delivered(conn: asyncpg.Connection, row: Any) -> None:
-    await conn.execute(DELIVERED, row["alert_id"], row["channel"], row["target"])
+async def delivered(conn: asyncpg.Connection, row: Any, summary_id: uuid.UUID | None = None) -> None:
+    await conn.execute(DELIVERED, row["alert_id"], row["channel"], row["target"], summary_id)
+
+
+async def delivered_lately(conn: asyncpg.Connection, channel: str, target: str, window: float) -> int:
+    return int(await conn.fetchval(DELIVERED_LATELY, channel, target, window))
+
+
+async def hold_for_summary(conn: asyncpg.Connection, row: Any, window: float) -> None:
+    await conn.execute(HOLD, row["alert_id"], row["channel"], row["target"], window)
+
+
+async def claim_group(conn: asyncpg.Connection, row: Any) -> list[asyncpg.Record]:
+    """The claimed held delivery and every other one held for the same receiver."""
+    return [row, *await conn.fetch(GROUP, row["channel"], row["target"], row["alert_id"])]
 
 
 async def retry_later(conn: asyncpg.Connection, row: Any, error: str, wait: float, give_up: bool) -> None:

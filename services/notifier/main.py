@@ -35,7 +35,7 @@ from services.contracts.process import stop_on_signals
 from services.contracts.schedules import parse_schedule
 from services.contracts.subjects import close_nats, ensure_streams_when_ready
 from services.notifier import db
-from services.notifier.delivery import Sender, alert_of
+from services.notifier.delivery import Sender, Summary, alert_of
 from services.notifier.errors import DeliveryFailed
 from services.notifier.settings import NotifierSettings
 
@@ -365,25 +365,43 @@ class Notifier:
                     await asyncio.wait_for(self.wake.wait(), 0.5)
 
     async def deliver_one(self) -> bool:
+        """One due delivery, or one receiver's summary; False when nothing is due."""
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 row = await db.claim(conn)
                 if row is None:
                     return False
+                settings = self.settings
+                if row["channel"] != "stream" and not row["grouped"]:
+                    lately = await db.delivered_lately(conn, row["channel"], row["target"], settings.notify_storm_window)
+                    if lately >= settings.notify_storm_threshold:  # a storm: this one waits for the summary
+                        await db.hold_for_summary(conn, row, settings.notify_storm_window)
+                        log.info("alert held for a summary", channel=row["channel"], alert_id=str(row["alert_id"]))
+                        return True
+                rows = await db.claim_group(conn, row) if row["grouped"] else [row]
+                summary = None
                 try:
-                    await self.sender.send(row["channel"], row["target"], alert_of(row))
+                    if len(rows) == 1:
+                        await self.sender.send(row["channel"], row["target"], alert_of(row))
+                    else:
+                        summary = Summary([alert_of(r) for r in rows], settings.notify_storm_window,
+                                          f"{settings.public_url}/monitor")
+                        await self.sender.send_summary(row["channel"], row["target"], summary)
                 except (DeliveryFailed, Exception) as error:
-                    wait = min(self.settings.notify_retry_max, 0.5 * 2 ** min(row["attempts"], 20))
+                    wait = min(settings.notify_retry_max, 0.5 * 2 ** min(row["attempts"], 20))
                     age = (datetime.now(timezone.utc) - row["raised_at"]).total_seconds()
-                    give_up = age > self.settings.notify_give_up_after
+                    give_up = age > settings.notify_give_up_after
                     log.warning("delivery failed; retrying" if not give_up else "delivery failed; given up",
-                                channel=row["channel"], alert_id=str(row["alert_id"]), error=str(error), retry_in_s=wait)
-                    await db.retry_later(conn, row, f"{type(error).__name__}: {error}", wait, give_up)
+                                channel=row["channel"], alert_id=str(row["alert_id"]), alerts=len(rows),
+                                error=str(error), retry_in_s=wait)
+                    for each in rows:
+                        await db.retry_later(conn, each, f"{type(error).__name__}: {error}", wait, give_up)
                     return True
-                await db.delivered(conn, row)
-                log.info("alert delivered", channel=row["channel"], alert_id=str(row["alert_id"]))
+                for each in rows:
+                    await db.delivered(conn, each, summary.summary_id if summary else None)
+                log.info("alert delivered" if summary is None else "alert summary delivered", channel=row["channel"],
+                         alert_id=str(summary.summary_id if summary else row["alert_id"]), alerts=len(rows))
                 return True
-
 
 async def run(settings: NotifierSettings, ready: asyncio.Event | None = None, stopping: asyncio.Event | None = None) -> None:
     """Run the notifier until SIGTERM/SIGINT (or stopping is set)."""

@@ -44,6 +44,10 @@ class NotifierSettings(CommonSettings):
     notify_lag_threshold: float = Field(300.0, gt=0, description="Age in seconds of the recorder's oldest pending message.")
     notify_check_interval: float = Field(1.0, gt=0, le=60, description="Seconds between checks (schedules, slowness, lag).")
     notify_retry_max: float = Field(300.0, gt=0, description="Longest wait between two tries of a delivery.")
+    notify_storm_threshold: int = Field(
+        5, ge=1, le=10_000, description="A receiver gets at most this many alerts per storm window; the rest come as one summary.",
+    )
+    notify_storm_window: float = Field(60.0, gt=0, le=86_400, description="Seconds of the storm window.")
     notify_give_up_after: float = Field(86_400.0, gt=0, description="A delivery still failing after this many seconds is given up.")
     notify_rules: str | None = Field(
         None, description='JSON (inline, or a file path): job id or "*" -> channels, e.g. {"*": ["webhook"], "nightly": []}.',

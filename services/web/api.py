@@ -16,7 +16,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN, ActionKind
 from services.contracts.statuses import STATUSES, RunStatus
-from services.web import db, monitoring, params, queries
+from services.web import db, investigate, monitoring, params, queries
 from services.web.actions import trigger_job
 from services.web.errors import BadRequest, NotFound
 from services.web.keys import SETTINGS
@@ -28,6 +28,14 @@ ACTIONS_MOST = 500
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Completeness(_Out):
+    """Whether the run's events 1..n all arrived (and it ended)."""
+
+    state: Literal["complete", "open", "gap"] = Field(description="complete: ended, no gap; open: not ended yet, no gap so far; gap: an event is missing.")
+    text: str = Field(description='As the run page says it: "42 of 42 events", "17 events, gap after #17".')
+    gap: int | None = Field(description="The seq after which an event is missing (0: the first ones); null without a gap.")
 
 
 class Run(_Out):
@@ -51,6 +59,8 @@ class Run(_Out):
     error_class: str | None
     error_message: str | None
     failed_step: str | None = Field(description="Key of the step that was running when the run failed.")
+    error_fingerprint: str | None = Field(default=None, description="Runs that failed the same way share it (GET /failures); `?fingerprint=` lists them.")
+    completeness: Completeness | None = Field(default=None, description="Whether every event of the run arrived; null for runs recorded before this was kept.")
     url: str
 
 
@@ -168,6 +178,47 @@ class CommandStatus(_Out):
     url: str | None
 
 
+class SearchRun(_Out):
+    name: str
+    job: str
+    status: RunStatus
+    created_at: datetime
+    started_at: datetime | None
+    url: str
+
+
+class SearchHit(_Out):
+    """A message that contains the searched text, in its run."""
+
+    run: SearchRun
+    key: str
+    level: Literal["debug", "info", "warning", "error"]
+    message: str
+    seq: int = Field(description="The message's place in its run (the run page's ?at=).")
+    created_at: datetime
+    field: Literal["message", "key", "data"] = Field(description="Where the text was found.")
+    url: str = Field(description="Deep link: the run page at this message.")
+
+
+class SearchError(_Out):
+    """A failed run whose error class or message contains the searched text."""
+
+    name: str
+    job: str
+    status: RunStatus
+    created_at: datetime
+    error_class: str | None
+    error_message: str
+    failed_step: str | None
+    url: str
+
+
+class SearchResults(_Out):
+    results: list[SearchHit] = Field(description="Messages, newest first.")
+    errors: list[SearchError] = Field(description="On the first page only: failed runs whose error matches, newest first.")
+    next_cursor: str | None = Field(description="Pass as `before` for the next page of messages; null on the last page.")
+
+
 class Error(_Out):
     error: str
     detail: str
@@ -268,9 +319,20 @@ async def command_status(request: web.Request) -> web.Response:
     return _json(CommandStatus(command_id=command_id, run=name, url=f"/runs/{name}" if name else None))
 
 
+async def search(request: web.Request) -> web.Response:
+    """Messages and errors of every run that contain the text, with the search page's filters."""
+    filters = params.search_filter(request, request.app[SETTINGS].zone)
+    found = await investigate.search(request.app, filters, params.limit(request, investigate.SEARCH_PER_PAGE, RUNS_MOST))
+    return _json(SearchResults(
+        results=[SearchHit.model_validate({k: v for k, v in hit.items() if k in SearchHit.model_fields}) for hit in found["results"]],
+        errors=[SearchError.model_validate({k: v for k, v in e.items() if k in SearchError.model_fields}) for e in found["errors"]],
+        next_cursor=found["next_cursor"],
+    ))
+
+
 # OpenAPI -------------------------------------------------------------------------------------------
 
-MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, ActionList, TriggerAccepted, CommandStatus, Error]
+MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, ActionList, TriggerAccepted, CommandStatus, SearchResults, Error]
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -295,12 +357,25 @@ def openapi_document() -> dict[str, Any]:
         _param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only runs with this status."),
         _param("job", "query", {"type": "string", "pattern": TOKEN_PATTERN}, "Only runs of this job."),
         _param("q", "query", {"type": "string", "maxLength": 100}, "Run names starting with this text."),
+        _param("fingerprint", "query", {"type": "string", "pattern": "^[0-9a-f]{16}$"}, "Only runs that failed with this error fingerprint."),
+        _param("gap", "query", {"type": "string", "enum": ["yes", "no"]}, "yes: only runs with a gap in their events."),
         _param("before", "query", {"type": "string", "maxLength": 200}, "The next_cursor of the previous page."),
         _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": RUNS_MOST}, "Runs per page (default 50)."),
     ]
     details_query = [
         _param("after", "query", {"type": "integer", "minimum": 0, "maximum": 999_999_999}, "Details after this seq (next_after of the previous page)."),
         _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 5000}, "Details per page (default 500)."),
+    ]
+    search_query = [
+        _param("q", "query", {"type": "string", "minLength": params.SEARCH_SHORTEST, "maxLength": params.SEARCH_LONGEST},
+               "Text contained in a message, its key or data, or a failed run's error (any case).", required=True),
+        _param("job", "query", {"type": "string", "pattern": TOKEN_PATTERN}, "Only runs of this job."),
+        _param("status", "query", {"type": "string", "enum": list(STATUSES)}, "Only runs with this status."),
+        _param("since", "query", {"type": "string"}, "Runs created from this date or local time (2026-12-03, 2026-12-03T08:30)."),
+        _param("until", "query", {"type": "string"}, "Runs created before this local time, or until the end of this date."),
+        _param("run", "query", {"type": "string", "pattern": RUN_NAME_PATTERN}, "Only this run."),
+        _param("before", "query", {"type": "string", "maxLength": 18}, "The next_cursor of the previous page."),
+        _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": RUNS_MOST}, "Messages per page (default 50)."),
     ]
     orders_query = [
         _param("q", "query", {"type": "string", "maxLength": 100}, "Order number, customer name or code contains this."),
@@ -315,6 +390,7 @@ def openapi_document() -> dict[str, Any]:
             "/api/runs": {"get": {"operationId": "listRuns", "summary": "Runs, newest first", "parameters": runs_query, "responses": _ok(RunList)}},
             "/api/runs/{name}": {"get": {"operationId": "getRun", "summary": "One run with a page of its details", "parameters": [name, *details_query], "responses": _ok(RunPage)}},
             "/api/open_orders": {"get": {"operationId": "listOpenOrders", "summary": "Open orders", "parameters": orders_query, "responses": _ok(OrderList)}},
+            "/api/search": {"get": {"operationId": "search", "summary": "Messages and errors of every run containing a text", "parameters": search_query, "responses": _ok(SearchResults)}},
             "/api/jobs": {"get": {"operationId": "listJobs", "summary": "Jobs with schedule and latest run", "responses": _ok(JobList)}},
             "/api/actions": {"get": {
                 "operationId": "listActions", "summary": "The audit trail: who did what, newest first",

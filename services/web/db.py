@@ -9,7 +9,9 @@ import asyncpg
 
 RUN_COLUMNS = """
     id, name, job, status, trigger, requested_by, worker_id, host, created_at, updated_at, started_at,
-    finished_at, duration_ms, stats, error_class, error_message, error_traceback, failed_step, last_seq
+    finished_at, duration_ms, stats, error_class, error_message, error_traceback, failed_step, last_seq,
+    terminal_seq, error_fingerprint, joblog_seq_gap(seen_seqs) AS seq_gap, joblog_seq_count(seen_seqs) AS seq_seen,
+    seen_seqs IS NOT NULL AS seqs_known
 """
 
 
@@ -25,6 +27,8 @@ async def list_runs(
     status: str | None = None,
     job: str | None = None,
     search: str | None = None,
+    fingerprint: str | None = None,
+    gap: bool = False,
     before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[asyncpg.Record]:
     """Most recent first, keyset-paginated on (created_at, id): fast at any depth."""
@@ -38,6 +42,11 @@ async def list_runs(
     if search:
         args.append(_like_escape(search) + "%")
         where.append(f"name LIKE ${len(args)}")
+    if fingerprint:  # the same error as a run (job_logs_fingerprint)
+        args.append(fingerprint)
+        where.append(f"error_fingerprint = ${len(args)}")
+    if gap:  # runs whose events have a gap (job_logs_with_gap)
+        where.append("joblog_seq_gap(seen_seqs) IS NOT NULL")
     if before:
         args.extend(before)
         where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
@@ -57,18 +66,21 @@ async def get_run(conn: asyncpg.Connection, name: str) -> asyncpg.Record | None:
 
 LIST_DETAILS = """
 SELECT key, message, level, data, first_seq, seq, created_at, updated_at
-FROM job_log_details WHERE job_log_id = $1 AND first_seq > $2
+FROM job_log_details WHERE job_log_id = $1 AND first_seq > $2 AND ($4::text[] IS NULL OR level = ANY($4))
 ORDER BY first_seq LIMIT $3
 """
 
 
-async def list_details(conn: asyncpg.Connection, run_id: uuid.UUID, after_seq: int = 0, limit: int = 500) -> list[asyncpg.Record]:
-    """A run's details in the order the run emitted them."""
-    return await conn.fetch(LIST_DETAILS, run_id, after_seq, limit)
+async def list_details(
+    conn: asyncpg.Connection, run_id: uuid.UUID, after_seq: int = 0, limit: int = 500, levels: list[str] | None = None
+) -> list[asyncpg.Record]:
+    """A run's details in the order the run emitted them (only these levels, if given)."""
+    return await conn.fetch(LIST_DETAILS, run_id, after_seq, limit, levels)
 
 
-async def count_details(conn: asyncpg.Connection, run_id: uuid.UUID) -> int:
-    return await conn.fetchval("SELECT count(*) FROM job_log_details WHERE job_log_id = $1", run_id)
+async def count_details(conn: asyncpg.Connection, run_id: uuid.UUID, levels: list[str] | None = None) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM job_log_details WHERE job_log_id = $1 AND ($2::text[] IS NULL OR level = ANY($2))", run_id, levels)
 
 
 LATEST_PER_JOB = f"""
@@ -204,7 +216,7 @@ async def recent_actions(conn: asyncpg.Connection, limit: int) -> list[asyncpg.R
 RECENT_ALERTS = """
 SELECT a.id, a.kind, a.job, a.run_name, a.message, a.repeats, a.raised_at, a.cleared_at,
        COALESCE(json_agg(json_build_object('channel', d.channel, 'state', d.state, 'attempts', d.attempts,
-                                           'last_error', left(d.last_error, 200))
+                                           'last_error', left(d.last_error, 200), 'grouped', d.grouped)
                 ORDER BY d.channel, d.target) FILTER (WHERE d.alert_id IS NOT NULL), '[]') AS deliveries
 FROM alerts a LEFT JOIN alert_deliveries d ON d.alert_id = a.id
 GROUP BY a.id ORDER BY a.raised_at DESC, a.id LIMIT $1

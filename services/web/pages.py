@@ -12,7 +12,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from services.contracts.statuses import STATUSES
-from services.web import db, params, queries
+from services.web import db, investigate, params, queries
 from services.web.accounts import account_of
 from services.web.keys import DIRECTORY, PAGE_CACHE, SETTINGS
 
@@ -50,7 +50,10 @@ async def index(request: web.Request) -> web.Response:
     async def load() -> dict[str, Any]:
         version = await queries.projection_version(request.app)  # before the rows: the live feed resumes here
         runs, next_cursor, jobs = await queries.index(request.app, filters, request.app[SETTINGS].page_size)
-        shown = {k: v for k, v in {"status": filters["status"], "job": filters["job"], "q": filters["search"]}.items() if v}
+        shown = {k: v for k, v in {
+            "status": filters["status"], "job": filters["job"], "q": filters["search"],
+            "fingerprint": filters["fingerprint"], "gap": "yes" if filters["gap"] else None,
+        }.items() if v}
         return {
             "runs": runs,
             "jobs": jobs,
@@ -71,11 +74,12 @@ async def run_detail(request: web.Request) -> web.Response:
     """One run: header, final statistics, and its details in the order they happened, a page at a time."""
     after = params.after(request)
     name = params.run_name(request)
+    at, level = params.at(request), params.level(request)
 
     async def load() -> dict[str, Any]:
-        run, details, next_after, total = await queries.run(request.app, name, after, queries.DETAILS_PER_PAGE)
-        return {"run": run, "details": details, "total_details": total, "after": after, "next_after": next_after,
-                "notice": params.notice(request)}
+        page = await investigate.run_page(
+            request.app, name, after, at, params.levels_from(level), queries.DETAILS_PER_PAGE)
+        return {**page, "level": level, "levels": params.LEVELS, "notice": params.notice(request)}
 
     return await cached(request, "run.html", load)
 
@@ -85,3 +89,40 @@ async def open_orders(request: web.Request) -> dict[str, Any]:
     """Open orders as the last sync left them."""
     data = await queries.open_orders(request.app, params.orders_filter(request, db.ORDER_SORTS))
     return {**data, "q": data["search"] or "", "sorts": db.ORDER_SORTS, "account": account_of(request)}
+
+
+async def search(request: web.Request) -> web.Response:
+    """Search every run's messages and errors (not cached: searches rarely repeat); no text shows the form."""
+    shown = {k: v for k in ("q", "job", "status", "since", "until", "run") if (v := (request.query.get(k) or "").strip())}
+    filters = params.search_filter(request, request.app[SETTINGS].zone) if "q" in shown else None
+    found = await investigate.search(request.app, filters) if filters else None
+    return aiohttp_jinja2.render_template("search.html", request, {
+        "shown": shown, "filters": filters, "found": found, "statuses": STATUSES, "shortest": params.SEARCH_SHORTEST,
+        "jobs": await queries.job_names(request.app), "account": account_of(request),
+    })
+
+
+async def failures(request: web.Request) -> web.Response:
+    """Failed runs grouped by the fingerprint of their error."""
+    job = params.job(request)
+    days = params.choice(request, "days", FAILURE_WINDOWS)
+
+    async def load() -> dict[str, Any]:
+        groups = await investigate.failure_groups(request.app, investigate.since_days(int(days) if days else None), job)
+        return {"groups": groups, "job": job, "days": days, "windows": FAILURE_WINDOWS,
+                "jobs": await queries.job_names(request.app)}
+
+    return await cached(request, "failures.html", load)
+
+
+FAILURE_WINDOWS = {"1": "Last 24 hours", "7": "Last 7 days", "30": "Last 30 days"}
+
+
+async def compare(request: web.Request) -> web.Response:
+    """Two runs side by side."""
+    name, other = params.run_name(request), params.other_run_name(request)
+
+    async def load() -> dict[str, Any]:
+        return await investigate.compare(request.app, name, other)
+
+    return await cached(request, "compare.html", load)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -114,11 +114,13 @@ def decode_cursor(value: str | None) -> tuple[datetime, uuid.UUID] | None:
 
 
 def runs_filter(request: web.Request) -> dict[str, Any]:
-    """The index's filters and cursor (also /api/runs'): status, job, search, before."""
+    """The index's filters and cursor (also /api/runs'): status, job, search, same error, with a gap, before."""
     return {
         "status": choice(request, "status", STATUSES),
         "job": job(request),
         "search": search(request),
+        "fingerprint": fingerprint(request),
+        "gap": flag(request, "gap"),
         "before": decode_cursor(request.query.get("before")),
     }
 
@@ -147,3 +149,95 @@ def notice(request: web.Request) -> str:
     if not all(NOTICE_VALUES[name].fullmatch(value) for name, value in values.items()):
         return ""
     return text.format(**values)
+
+
+# Search, failure groups, run tools (issue 17) ------------------------------------------------------
+
+LEVELS = ("debug", "info", "warning", "error")
+SEARCH_SHORTEST = 3  # a trigram index answers from three characters on
+SEARCH_LONGEST = 200
+FINGERPRINT_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+
+
+def fingerprint(request: web.Request) -> str | None:
+    """?fingerprint=, an error's fingerprint (16 hex digits), for "the same error as this run"."""
+    value = request.query.get("fingerprint") or None
+    if value is not None and not FINGERPRINT_PATTERN.match(value):
+        raise BadRequest("fingerprint must be 16 hexadecimal digits, as a failure group shows it")
+    return value
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """?<name>=yes (or 1, true, on): a checkbox."""
+    value = (request.query.get(name) or "").lower()
+    if value not in ("", "yes", "1", "true", "on", "no", "0", "false", "off"):
+        raise BadRequest(f"{name} must be yes or no")
+    return value in ("yes", "1", "true", "on")
+
+
+def level(request: web.Request) -> str | None:
+    """?level=: show messages of this level and above."""
+    return choice(request, "level", LEVELS)
+
+
+def levels_from(lowest: str | None) -> list[str] | None:
+    """The levels shown from `lowest` up; None for all of them."""
+    return list(LEVELS[LEVELS.index(lowest):]) if lowest and lowest != LEVELS[0] else None
+
+
+def at(request: web.Request) -> int | None:
+    """?at=, the seq of a message to show (a deep link): the page it is on is loaded."""
+    raw = request.query.get("at") or ""
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 10 or int(raw) < 1:
+        raise BadRequest("at must be the seq of a message (a whole number from 1)")
+    return int(raw)
+
+
+def moment(request: web.Request, name: str, zone: Any, *, end: bool = False) -> datetime | None:
+    """?since= / ?until=: a date (YYYY-MM-DD) or a local time (YYYY-MM-DDTHH:MM[:SS]) in the configured zone.
+    A date as `until` means the end of that day."""
+    raw = (request.query.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+            value = datetime.strptime(raw, "%Y-%m-%d") + (timedelta(days=1) if end else timedelta())
+        else:
+            value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a date such as 2026-12-03 or a time such as 2026-12-03T08:30") from None
+    return value.replace(tzinfo=zone) if value.tzinfo is None else value
+
+
+def search_filter(request: web.Request, zone: Any) -> dict[str, Any]:
+    """The search's text, filters and cursor (the search page and /api/search)."""
+    text = (request.query.get("q") or "").strip()
+    if len(text) < SEARCH_SHORTEST:
+        raise BadRequest(f"search for at least {SEARCH_SHORTEST} characters (q=...)")
+    if len(text) > SEARCH_LONGEST:
+        raise BadRequest(f"search text is limited to {SEARCH_LONGEST} characters")
+    if any(ord(char) < 32 for char in text):
+        raise BadRequest("search text cannot contain control characters")
+    since, until = moment(request, "since", zone), moment(request, "until", zone, end=True)
+    if since and until and since >= until:
+        raise BadRequest("since must be before until")
+    raw_run = request.query.get("run") or None
+    if raw_run is not None and not NAME_PATTERN.match(raw_run):
+        raise BadRequest("run must be a run name such as 20261129215442")
+    raw_before = request.query.get("before") or ""
+    if raw_before and (not raw_before.isdigit() or len(raw_before) > 18):
+        raise BadRequest("the page cursor is not valid; start again from the first page")
+    return {
+        "text": text, "job": job(request), "status": choice(request, "status", STATUSES), "since": since,
+        "until": until, "run": raw_run, "before": int(raw_before) if raw_before else None,
+    }
+
+
+def other_run_name(request: web.Request) -> str:
+    """The {other} in /runs/{name}/compare/{other}."""
+    name = request.match_info["other"]
+    if not NAME_PATTERN.match(name):
+        raise NotFound(f"There is no run named {name[:40]!r}; run names look like 20261129215442.")
+    return name

@@ -127,7 +127,10 @@ def install_filters(env: jinja2.Environment, settings: WebSettings) -> None:
     def number(value: Any) -> str:
         return f"{value:,}" if isinstance(value, (int, float)) else str(value)
 
-    env.filters.update(when=when, clock=lambda value: format_clock(value, zone), duration=format_duration, number=number)
+    def day(value: datetime | None) -> str:  # "3 Dec 2026"
+        return "—" if value is None else f"{value.astimezone(zone):%-d %b %Y}"
+
+    env.filters.update(when=when, clock=lambda value: format_clock(value, zone), duration=format_duration, number=number, day=day)
     env.globals.update(badges=BADGES, zone_name=settings.timezone, status_order=STATUS_ORDER)
 
 
@@ -211,4 +214,59 @@ def present_run(run: asyncpg.Record, directory: Liveness) -> Row:
     data["state"] = run_state(run, directory)
     data["summary"] = summary(data)
     data["live_duration_ms"] = _live_duration(run)
+    data["completeness"] = completeness(run)
     return data
+
+
+# Finding what went wrong (issue 17) -----------------------------------------------------------------
+
+# Seqs from here up are the recorder's own verdicts on a lost worker (log_recorder.watchdog.VERDICT_SEQ).
+VERDICT_SEQ = 2_000_000_000
+
+
+def completeness(run: asyncpg.Record | dict[str, Any]) -> dict[str, Any] | None:
+    """Whether every event of the run arrived: "42 of 42 events", "gap after #17"; None when unknown
+    (a run recorded before the projection kept its seqs)."""
+    if not run.get("seqs_known"):
+        return None
+    seen, gap, terminal = run["seq_seen"] or 0, run["seq_gap"], run["terminal_seq"]
+    if gap is not None:
+        where = "the first events are missing" if gap == 0 else f"gap after #{gap}"
+        return {"state": "gap", "text": f"{seen:,} events, {where}", "gap": gap}
+    if terminal is None:
+        return {"state": "open", "text": f"{seen:,} events so far", "gap": None}
+    if terminal >= VERDICT_SEQ:
+        return {"state": "complete", "text": f"{seen:,} of {seen:,} events (then the worker was lost)", "gap": None}
+    return {"state": "complete", "text": f"{seen:,} of {max(seen, terminal):,} events", "gap": None}
+
+
+def highlight(text: str, needle: str, width: int = 240) -> list[tuple[str, bool]]:
+    """text cut to `width` characters around the first match of needle (any case), as (part, is_match) pairs."""
+    lower, wanted = text.lower(), needle.lower()
+    first = lower.find(wanted)
+    start = 0 if first < width // 3 else first - width // 3
+    end = min(len(text), start + width)
+    parts: list[tuple[str, bool]] = [("…", False)] if start else []
+    position = start
+    while position < end:
+        found = lower.find(wanted, position, end) if wanted else -1
+        if found < 0:
+            parts.append((text[position:end], False))
+            break
+        if found > position:
+            parts.append((text[position:found], False))
+        parts.append((text[found:found + len(wanted)], True))
+        position = found + len(wanted)
+    if end < len(text):
+        parts.append(("…", False))
+    return parts
+
+
+def message_anchor(seq: int) -> str:
+    """The id of a message on its run page (#m17)."""
+    return f"m{seq}"
+
+
+def message_link(name: str, seq: int) -> str:
+    """A deep link to a message: the run page loads the page of messages it is on and scrolls to it."""
+    return f"/runs/{name}?at={seq}#{message_anchor(seq)}"

@@ -53,16 +53,18 @@ def _page_of_runs(app: web.Application, rows: list[asyncpg.Record], limit: int) 
     return [present_run(r, directory) for r in rows], (encode_cursor(rows[-1]) if more and rows else None)
 
 
-async def run(app: web.Application, name: str, after: int, limit: int) -> tuple[Row, list[Row], int | None, int]:
-    """A run, one page of its details after a seq, the cursor of the next page, and the detail count."""
+async def run(
+    app: web.Application, name: str, after: int, limit: int, levels: list[str] | None = None
+) -> tuple[Row, list[Row], int | None, int]:
+    """A run, one page of its details after a seq (of these levels), the cursor of the next page, and the detail count."""
     async with app[POOL].acquire() as conn:
         found = await db.get_run(conn, name)
         if found is None:
             raise NotFound(f"There is no run named {name}. It may have been deleted.")
-        details = await db.list_details(conn, found["id"], after, limit + 1)
+        details = await db.list_details(conn, found["id"], after, limit + 1, levels)
         more = len(details) > limit
         details = details[:limit]
-        total = await db.count_details(conn, found["id"]) if more or after else len(details)
+        total = await db.count_details(conn, found["id"], levels) if more or after else len(details)
     next_after = details[-1]["first_seq"] if more and details else None
     return present_run(found, app[DIRECTORY]), [Row(d) for d in details], next_after, total
 
@@ -228,3 +230,9 @@ async def projection_version(app: web.Application) -> int:
     """Where the projection stands: a page rendered at one version is valid until the next."""
     async with app[POOL].acquire() as conn:
         return await db.projection_version(conn)
+
+
+async def job_names(app: web.Application) -> list[str]:
+    """Every job that has runs (a filter's choices)."""
+    async with app[POOL].acquire() as conn:
+        return await db.known_jobs(conn)

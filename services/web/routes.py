@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.web import actions, api, jobpage, operate, operations, pages, sse
+from services.web import actions, api, downloads, jobpage, operate, operations, pages, sse
 
 
 def setup_routes(app: web.Application, static: Path) -> None:
@@ -20,6 +20,11 @@ def setup_routes(app: web.Application, static: Path) -> None:
     app.router.add_get("/jobs/{job}", jobpage.job_page, name="job")
     app.router.add_get("/commands/{command_id}", operate.command_run, name="command")
     app.router.add_get("/retry_failed", operate.bulk_retry_page, name="bulk_retry_page")
+    app.router.add_get("/search", pages.search, name="search")
+    app.router.add_get("/failures", pages.failures, name="failures")
+    app.router.add_get("/runs/{name}/compare/{other}", pages.compare, name="compare")
+    app.router.add_get("/runs/{name}/download.txt", downloads.as_text, name="download_text")
+    app.router.add_get("/runs/{name}/download.json", downloads.as_json, name="download_json")
 
     app.router.add_post("/runs/{name}/delete", actions.delete_run, name="delete_run")
     app.router.add_post("/retention", actions.delete_older, name="delete_older")
@@ -37,6 +42,7 @@ def setup_routes(app: web.Application, static: Path) -> None:
     app.router.add_get("/api/open_orders", api.list_open_orders)
     app.router.add_get("/api/jobs", api.list_jobs)
     app.router.add_get("/api/actions", api.list_actions)
+    app.router.add_get("/api/search", api.search)
     app.router.add_post("/api/jobs/{job}/trigger", api.trigger)
     app.router.add_get("/api/commands/{command_id}", api.command_status)
     app.router.add_get("/api/openapi.json", api.openapi)

@@ -16,11 +16,14 @@ async def test_the_monitor_shows_recent_alerts_and_how_far_each_channel_got(clie
         "INSERT INTO alert_deliveries (alert_id, channel, target, state, attempts, last_error) VALUES "
         "($1, 'webhook', 'http://hooks/a', 'delivered', 1, NULL), ($1, 'email', 'ops@example.com', 'pending', 3, 'refused')",
         alert)
+    await db.execute("INSERT INTO alert_deliveries (alert_id, channel, target, state, grouped) VALUES "
+                     "($1, 'slack', 'http://hooks/s', 'pending', true)", alert)
     page = await client.get("/monitor")
     text = await page.text()
     assert page.status == 200
     assert 'data-alert="run_failed"' in text and "ERP unreachable" in text and "(+2)" in text
     assert "webhook: delivered" in text and "email: pending (3 tries)" in text
+    assert "slack: pending, held for a summary" in text  # a storm: it goes out in the receiver's next summary
     assert 'href="/runs/20261201230000"' in text
 
 

@@ -168,6 +168,7 @@ function liveRun(head) {
         if (list.dataset.complete !== "yes") return; // it belongs after messages not loaded yet
         item = document.createElement("li");
         item.dataset.key = step.key;
+        item.id = "m" + (step.first_seq || step.seq);
         item.dataset.seq = step.first_seq || step.seq;
         const when = document.createElement("span");
         when.className = "when";
@@ -179,7 +180,16 @@ function liveRun(head) {
         level.className = "level";
         const text = document.createElement("span");
         text.className = "message";
-        item.append(when, level, text);
+        const tools = document.createElement("span");
+        tools.className = "detail-tools";
+        const link = document.createElement("a");
+        link.className = "permalink";
+        link.title = "Link to this message";
+        link.dataset.copyLink = "";
+        link.href = window.location.pathname + "?at=" + item.dataset.seq + "#m" + item.dataset.seq;
+        link.textContent = "#" + item.dataset.seq;
+        tools.append(link);
+        item.append(when, level, text, tools);
         list.appendChild(item);
         const empty = document.querySelector("[data-empty]");
         if (empty) empty.remove();
@@ -317,3 +327,105 @@ function liveMonitor(container) {
 
 const monitorBody = document.querySelector("[data-live-monitor]");
 if (monitorBody) liveMonitor(monitorBody);
+
+// Run page tools: the level filter submits itself; find within the loaded messages (highlight,
+// next/previous); every message's link is copied on click; a bare #m17 loads the page it is on.
+function levelFilter() {
+  for (const select of document.querySelectorAll("select[data-autosubmit]")) {
+    select.addEventListener("change", () => select.form.submit());
+  }
+}
+
+function findInRun() {
+  const input = document.querySelector("[data-find-input]");
+  const list = document.querySelector("ol[data-details]");
+  if (!input || !list) return;
+  for (const element of document.querySelectorAll("[data-find]")) element.hidden = false;
+  const counter = document.querySelector("[data-find-count]");
+  let marks = [];
+  let current = -1;
+  const clear = () => {
+    for (const mark of list.querySelectorAll("mark[data-found]")) mark.replaceWith(document.createTextNode(mark.textContent));
+    list.normalize();
+    marks = [];
+    current = -1;
+  };
+  const show = (index) => {
+    if (!marks.length) return;
+    if (current >= 0) marks[current].classList.remove("find-current");
+    current = (index + marks.length) % marks.length;
+    marks[current].classList.add("find-current");
+    marks[current].scrollIntoView({ block: "center" });
+    counter.textContent = (current + 1) + " of " + marks.length;
+  };
+  const find = () => {
+    clear();
+    const wanted = input.value.trim().toLowerCase();
+    if (!wanted) { counter.textContent = ""; return; }
+    for (const text of list.querySelectorAll(".message")) {
+      const walker = document.createTreeWalker(text, NodeFilter.SHOW_TEXT);
+      const nodes = [];
+      while (walker.nextNode()) nodes.push(walker.currentNode);
+      for (const node of nodes) {
+        let rest = node;
+        let at = rest.data.toLowerCase().indexOf(wanted);
+        while (at >= 0) {
+          const hit = rest.splitText(at);
+          rest = hit.splitText(wanted.length);
+          const mark = document.createElement("mark");
+          mark.dataset.found = "yes";
+          mark.textContent = hit.data;
+          hit.replaceWith(mark);
+          marks.push(mark);
+          at = rest.data.toLowerCase().indexOf(wanted);
+        }
+      }
+    }
+    counter.textContent = marks.length ? "" : "No match in the messages loaded";
+    if (marks.length) show(0);
+  };
+  let timer = null;
+  input.addEventListener("input", () => { window.clearTimeout(timer); timer = window.setTimeout(find, 150); });
+  input.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter") return;
+    event.preventDefault();
+    if (!marks.length) find(); else show(current + (event.shiftKey ? -1 : 1));
+  });
+  document.querySelector("[data-find-next]").addEventListener("click", () => show(current + 1));
+  document.querySelector("[data-find-prev]").addEventListener("click", () => show(current - 1));
+}
+
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-copy-link]");
+  if (!link || !navigator.clipboard || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+  // A plain click copies the link and marks the message here; other clicks (new tab) follow it.
+  event.preventDefault();
+  const url = new URL(link.getAttribute("href"), window.location.href);
+  for (const marked of document.querySelectorAll(".detail.targeted")) marked.classList.remove("targeted");
+  link.closest(".detail").classList.add("targeted");
+  window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  navigator.clipboard.writeText(url.href).then(() => {
+    link.classList.add("copied");
+    window.setTimeout(() => link.classList.remove("copied"), 1500);
+  }, () => {});
+});
+
+function deepLink() {
+  const match = /^#m(\d+)$/.exec(window.location.hash);
+  if (!match || !document.querySelector("ol[data-details]")) return;
+  const target = document.getElementById("m" + match[1]);
+  if (target) {
+    target.classList.add("targeted");
+    target.scrollIntoView({ block: "center" });
+    return;
+  }
+  const params = new URLSearchParams(window.location.search);
+  if (params.get("at") === match[1]) return; // the server's page has no such message
+  params.set("at", match[1]);
+  params.delete("after");
+  window.location.replace(window.location.pathname + "?" + params.toString() + window.location.hash);
+}
+
+levelFilter();
+findInRun();
+deepLink();
