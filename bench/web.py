@@ -140,7 +140,7 @@ def job_page_result(job: dict[str, float], index: dict[str, float], runs: int, d
     ratio = job["p99"] / index["p99"] if index["p99"] else float("inf")
     ok = ratio <= 3 and job["errors"] == 0
     return Result(
-        "3e. Web job page `/jobs/{job}` (charts, statistics) against the index page",
+        "3f. Web job page `/jobs/{job}` (charts, statistics) against the index page",
         f"{job['rps']:,.0f} req/s, p50 {job['p50']:.1f} ms, p99 {job['p99']:.1f} ms",
         f"index p99 {index['p99']:.1f} ms, {index['rps']:,.0f} req/s", f"{ratio:.2f}", "p99 ratio <= 3", ok,
         f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
