@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.web import actions, api, jobpage, operate, operations, pages, sse
+from services.web import actions, api, api_commands, jobpage, operate, operations, pages, sse
 
 
 def setup_routes(app: web.Application, static: Path) -> None:
@@ -38,7 +38,7 @@ def setup_routes(app: web.Application, static: Path) -> None:
     app.router.add_get("/api/jobs", api.list_jobs)
     app.router.add_get("/api/actions", api.list_actions)
     app.router.add_post("/api/jobs/{job}/trigger", api.trigger)
-    app.router.add_get("/api/commands/{command_id}", api.command_status)
+    app.router.add_get("/api/commands/{command_id}", api_commands.command_status)
     app.router.add_get("/api/openapi.json", api.openapi)
 
     app.router.add_get("/healthz", operations.healthz)
