@@ -17,6 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN, ActionKind
 from services.contracts.statuses import STATUSES, RunStatus
 from services.web import db, investigate, monitoring, params, queries
+from services.web.api_commands import CommandStatus
 from services.web.actions import trigger_job
 from services.web.errors import BadRequest, NotFound
 from services.web.keys import SETTINGS
@@ -170,14 +171,6 @@ class TriggerAccepted(_Out):
     status_url: str = Field(description="JSON: the run's name once it exists, null until then.")
 
 
-class CommandStatus(_Out):
-    """The run a trigger command started: null until a worker has created it."""
-
-    command_id: str
-    run: str | None
-    url: str | None
-
-
 class SearchRun(_Out):
     name: str
     job: str
@@ -308,15 +301,6 @@ async def trigger(request: web.Request) -> web.Response:
         run_url=f"/commands/{command_id}", status_url=f"/api/commands/{command_id}",
     )
     return web.json_response(text=accepted.model_dump_json(), status=202, headers={"Location": accepted.run_url})
-
-
-async def command_status(request: web.Request) -> web.Response:
-    """The run a trigger command started, or null while no worker has taken it yet."""
-    command_id = request.match_info["command_id"]
-    if not params.COMMAND_PATTERN.match(command_id):
-        raise NotFound("No such command.")
-    name = await monitoring.run_of_command(request.app, command_id)
-    return _json(CommandStatus(command_id=command_id, run=name, url=f"/runs/{name}" if name else None))
 
 
 async def search(request: web.Request) -> web.Response:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.web import actions, api, downloads, jobpage, operate, operations, pages, sse
+from services.web import actions, api, api_commands, downloads, jobpage, operate, operations, pages, sse
 
 
 def setup_routes(app: web.Application, static: Path) -> None:
@@ -44,7 +44,7 @@ def setup_routes(app: web.Application, static: Path) -> None:
     app.router.add_get("/api/actions", api.list_actions)
     app.router.add_get("/api/search", api.search)
     app.router.add_post("/api/jobs/{job}/trigger", api.trigger)
-    app.router.add_get("/api/commands/{command_id}", api.command_status)
+    app.router.add_get("/api/commands/{command_id}", api_commands.command_status)
     app.router.add_get("/api/openapi.json", api.openapi)
 
     app.router.add_get("/healthz", operations.healthz)

@@ -134,7 +134,7 @@ async def test_cancel_ends_a_hung_run_as_error_with_who_cancelled_it(
     await expect(page).to_have_url(RUN_URL, timeout=15_000)
     await expect(page.locator('[data-field="badge"] .badge')).to_have_text("◐Processing", timeout=15_000)
     await page.get_by_role("button", name="Cancel run").click()
-    await expect(page.get_by_role("status").first).to_contain_text("Cancelling run")
+    await expect(page.get_by_role("status").filter(has_text="Cancelling run")).to_be_visible()
     await expect(page.locator('[data-field="badge"] .badge')).to_have_text("✕Error", timeout=15_000)
     name = page.url.split("?")[0].rsplit("/", 1)[1]
     # The live page shows the event itself; the reload shows the projection, once the recorder has it.

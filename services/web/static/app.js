@@ -311,7 +311,16 @@ function liveMonitor(container) {
     try {
       const response = await fetch(container.dataset.liveMonitor, { headers: { Accept: "text/html" }, credentials: "same-origin" });
       if (response.ok) {
-        container.innerHTML = await response.text();
+        // Only the sections that changed are replaced: the rest (and what the user is looking at) stays put.
+        const fresh = document.createElement("template");
+        fresh.innerHTML = await response.text();
+        const now = Array.from(fresh.content.children);
+        const shown = Array.from(container.children);
+        if (now.length !== shown.length) {
+          container.replaceChildren(...now);
+        } else {
+          now.forEach((section, i) => { if (section.outerHTML !== shown[i].outerHTML) shown[i].replaceWith(section); });
+        }
         container.dataset.refreshed = String(Number(container.dataset.refreshed || 0) + 1);
       }
     } catch (error) {
