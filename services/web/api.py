@@ -268,13 +268,9 @@ async def list_open_orders(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = await queries.jobs(request.app)
-    states = await monitoring.pause_states(request.app)
-    found = []
-    for job in jobs:
-        state = states.get(job["name"])
-        paused = {"paused": True, "paused_by": state["requested_by"], "paused_at": state["changed_at"]} if state and state["paused"] else {}
-        found.append(Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None, **paused}))
-    return _json(JobList(jobs=found))
+    paused = await monitoring.pauses(request.app)
+    return _json(JobList(jobs=[
+        Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None, **paused.get(job["name"], {})}) for job in jobs]))
 
 
 async def list_actions(request: web.Request) -> web.Response:

@@ -78,9 +78,12 @@ async def schedule_states(conn: asyncpg.Connection) -> dict[str, asyncpg.Record]
     return {row["job"]: row for row in rows}
 
 
-async def pause_states(app: web.Application) -> dict[str, asyncpg.Record]:
+async def pauses(app: web.Application) -> dict[str, dict[str, Any]]:
+    """The paused schedules, as the API's job fields: paused, paused_by, paused_at."""
     async with app[POOL].acquire() as conn:
-        return await schedule_states(conn)
+        states = await schedule_states(conn)
+    return {job: {"paused": True, "paused_by": s["requested_by"], "paused_at": s["changed_at"]}
+            for job, s in states.items() if s["paused"]}
 
 
 async def monitor_extras(app: web.Application, jobs: list[str]) -> dict[str, dict[str, Any]]:
