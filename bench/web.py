@@ -163,6 +163,23 @@ async def measure_baseline(servers: Servers, dsn: str, runs: int, duration: int)
     return found
 
 
+def job_page_result(job: dict[str, float], index: dict[str, float], runs: int, duration: int) -> Result:
+    """3e: the job page (statistics pre-aggregated in job_stats) must cost about what the index costs."""
+    ratio = job["p99"] / index["p99"] if index["p99"] else float("inf")
+    ok = ratio <= 3 and job["errors"] == 0
+    return Result(
+        "3f. Web job page `/jobs/{job}` (charts, statistics) against the index page",
+        f"{job['rps']:,.0f} req/s, p50 {job['p50']:.1f} ms, p99 {job['p99']:.1f} ms",
+        f"index p99 {index['p99']:.1f} ms, {index['rps']:,.0f} req/s", f"{ratio:.2f}", "p99 ratio <= 3", ok,
+        f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
+        [f"{runs:,} runs; the same web process, wrk -t1 -c{CONNECTIONS} -d{duration}s each; the job page is cached like the "
+         "index (per projection version, at most the cache's max age); a render reads job_stats buckets, the job's last 50 "
+         "runs, last result and last success by index, and draws three SVGs; "
+         f"{job['requests']:,.0f} requests, {job['errors']:.0f} errors or non-2xx"],
+        {"ratio": ratio <= 3, "errors": job["errors"] == 0},
+    )
+
+
 async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     if not shutil.which("wrk"):
         raise RuntimeError("wrk not found: apt-get install -y wrk")
@@ -193,6 +210,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             figures["healthz"] = await asyncio.to_thread(wrk, base + "/healthz", duration)
             await asyncio.to_thread(wrk, base + "/", WARMUP_SECONDS)
             figures["index"] = await asyncio.to_thread(wrk, base + "/", duration)
+            # A job's page (charts from job_stats, its last runs by index), uncached, against the index.
+            await asyncio.to_thread(wrk, base + "/jobs/sync_open_orders", WARMUP_SECONDS)
+            figures["job"] = await asyncio.to_thread(wrk, base + "/jobs/sync_open_orders", duration)
             await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
             figures["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
             searches = search_script(Path(tmp))
@@ -226,6 +246,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     results.append(search_result(
         figures["search"], figures["index"], runs, details, f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up",
         f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web"))
+    results.append(job_page_result(figures["job"], figures["index"], runs, duration))
     floor = figures["healthz"]
     results.append(Result(
         "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",

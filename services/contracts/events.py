@@ -220,6 +220,66 @@ class TriggerRequested(_Frozen):
     requested_at: AwareDatetime = Field(default_factory=utcnow)
 
 
+class SchedulePaused(_Frozen):
+    """An operator paused a job's schedule: no worker publishes its slots until it is resumed.
+
+    On {prefix}.schedule.<job> in the run stream; the last message of that subject is the schedule's
+    state (workers read it before every slot, so a pause survives their restarts)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["schedule.paused"] = "schedule.paused"
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    job: str = Field(pattern=TOKEN_PATTERN)
+    requested_by: str = Field(min_length=1, max_length=200, description="Who paused it: the account (web) or 'cli:<user>'.")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ScheduleResumed(_Frozen):
+    """An operator resumed a paused schedule: its next slot runs again (missed slots are not caught up)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["schedule.resumed"] = "schedule.resumed"
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    job: str = Field(pattern=TOKEN_PATTERN)
+    requested_by: str = Field(min_length=1, max_length=200)
+
+
+ScheduleEvent = Annotated[Union[SchedulePaused, ScheduleResumed], Field(discriminator="type")]
+ScheduleEventAdapter: TypeAdapter[ScheduleEvent] = TypeAdapter(ScheduleEvent)
+
+
+def parse_schedule_event(payload: bytes | str) -> SchedulePaused | ScheduleResumed:
+    """Validate a schedule pause or resume from its JSON; raises pydantic.ValidationError."""
+    return ScheduleEventAdapter.validate_json(payload)
+
+
+class CancelRequested(_Frozen):
+    """A command to the worker holding a run: cancel it. Sent as a NATS request to {prefix}.cmd.cancel.<worker_id>.
+
+    The worker answers with a CancelReply; the run ends `error` with an error step "cancelled by <requested_by>"."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["cancel.requested"] = "cancel.requested"
+    command_id: str = Field(default_factory=lambda: str(uuid.uuid4()), max_length=200)
+    run_id: uuid.UUID
+    name: str = Field(pattern=RUN_NAME_PATTERN)
+    job: str = Field(pattern=TOKEN_PATTERN)
+    requested_by: str = Field(min_length=1, max_length=200)
+    requested_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class CancelReply(_Frozen):
+    """The worker's answer to a CancelRequested: whether it holds the run and is cancelling it."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["cancel.reply"] = "cancel.reply"
+    command_id: str = Field(max_length=200)
+    accepted: bool
+    reason: str = Field(default="", max_length=500)
+
+
 # What the notifier alerts on (services/notifier); a new kind is an additive change.
 AlertKind = Literal["run_failed", "recovered", "stalled", "missed_schedule", "too_slow", "projection_behind", "dead_letters"]
 

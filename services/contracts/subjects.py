@@ -6,6 +6,8 @@
     {prefix}.worker.{worker_id}.heartbeat
     {prefix}.worker.{worker_id}.stopped  a worker process stopped cleanly
     {prefix}.cmd.trigger.{job}           commands to the workers (a work-queue stream)
+    {prefix}.schedule.{job}              a schedule paused or resumed (on the run stream; the last one is its state)
+    {prefix}.cmd.cancel.{worker_id}      cancel a run: a core NATS request to the worker holding it
     {prefix}.alert.{kind}.{job}          alerts of the notifier (a stream of its own; job "_" for none)
 """
 from __future__ import annotations
@@ -37,6 +39,16 @@ class Subjects:
     @property
     def actions(self) -> str:
         return f"{self.prefix}.action.*"
+
+    @property
+    def schedules(self) -> str:
+        return f"{self.prefix}.schedule.*"
+
+    def for_schedule(self, job: str) -> str:
+        return f"{self.prefix}.schedule.{job}"
+
+    def for_cancel(self, worker_id: str) -> str:
+        return f"{self.prefix}.cmd.cancel.{worker_id}"
 
     @property
     def heartbeats(self) -> str:
@@ -97,7 +109,7 @@ class Subjects:
         return [
             StreamConfig(
                 name=self.stream,
-                subjects=[self.runs, self.retention, self.actions],
+                subjects=[self.runs, self.retention, self.actions, self.schedules],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
@@ -228,6 +240,30 @@ async def publish_action(js, subjects: Subjects, action) -> None:  # type: ignor
         subjects.for_action(action.action), action.model_dump_json().encode(),
         headers={"Nats-Msg-Id": str(action.event_id)},
     )
+
+
+async def publish_schedule_event(js, subjects: Subjects, event) -> None:  # type: ignore[no-untyped-def]
+    """Put a SchedulePaused / ScheduleResumed on the run stream (the last one per job is the schedule's state)."""
+    await js.publish(
+        subjects.for_schedule(event.job), event.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": str(event.event_id)},
+    )
+
+
+async def schedule_paused(js, subjects: Subjects, job: str):  # type: ignore[no-untyped-def]
+    """The job's schedule state from the stream: the SchedulePaused in force, or None when it runs.
+
+    Raises what nats-py raises when JetStream cannot answer (the caller keeps what it knew)."""
+    import nats.js.errors
+
+    from services.contracts.events import SchedulePaused, parse_schedule_event
+
+    try:
+        message = await js.get_last_msg(subjects.stream, subjects.for_schedule(job))
+    except nats.js.errors.NotFoundError:
+        return None
+    event = parse_schedule_event(message.data or b"")
+    return event if isinstance(event, SchedulePaused) else None
 
 
 async def close_nats(nc, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]

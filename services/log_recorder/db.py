@@ -12,7 +12,7 @@ from functools import cache
 import asyncpg
 
 from services.contracts import WorkerHeartbeat, WorkerStopped
-from services.log_recorder.projection import Batch, action_columns, scrub
+from services.log_recorder.projection import Batch, action_columns, schedule_columns, scrub
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,16 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $
 ON CONFLICT (event_id) DO NOTHING
 """
 
+# A job's schedule state: its newest schedule.paused / schedule.resumed (stream order) wins.
+UPSERT_SCHEDULE_STATES = """
+INSERT INTO schedule_states AS s (job, paused, requested_by, reason, changed_at, event_id, stream_seq)
+SELECT * FROM unnest($1::text[], $2::boolean[], $3::text[], $4::text[], $5::timestamptz[], $6::uuid[], $7::bigint[])
+ON CONFLICT (job) DO UPDATE SET
+    paused = EXCLUDED.paused, requested_by = EXCLUDED.requested_by, reason = EXCLUDED.reason,
+    changed_at = EXCLUDED.changed_at, event_id = EXCLUDED.event_id, stream_seq = EXCLUDED.stream_seq
+WHERE (EXCLUDED.stream_seq, EXCLUDED.changed_at) >= (s.stream_seq, s.changed_at)
+"""
+
 # The runs a created_before deletion covers: $1 cutoff, $2 job (or null: any), $3 jobs left out, $4 statuses (or null: any).
 CUTOFF = """created_at < $1 AND ($2::text IS NULL OR job = $2) AND NOT (job = ANY(COALESCE($3::text[], '{{}}')))
   AND ($4::text[] IS NULL OR status = ANY($4::text[]))"""
@@ -210,6 +220,8 @@ async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = L
         await conn.execute(sql(UPSERT_DETAILS, tables), *batch.detail_columns())
     if batch.actions:
         await conn.execute(INSERT_ACTIONS, *action_columns(batch.actions))
+    if batch.schedules:
+        await conn.execute(UPSERT_SCHEDULE_STATES, *schedule_columns(batch.schedules))
     for deleted, stream_seq in batch.deletions:
         reaper_work = True
         await conn.execute(
@@ -227,7 +239,7 @@ async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = L
                 sql(DELETE_RUNS_CREATED_BEFORE, tables), deleted.created_before, deleted.job, deleted.except_jobs,
                 list(deleted.statuses) if deleted.statuses is not None else None, deleted.occurred_at, deleted.event_id,
             )
-    if tables is LIVE and (batch.runs or batch.deletions):
+    if tables is LIVE and (batch.runs or batch.deletions or batch.schedules):
         await bump_version(conn)
     return reaper_work
 

@@ -15,7 +15,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from services.contracts import ActionTaken, RunsDeleted, parse_event
+from services.contracts import ActionTaken, RunsDeleted, parse_event, parse_schedule_event
 from services.contracts.nats import connect
 from services.contracts.process import stop_on_signals
 from services.contracts.subjects import close_nats, ensure_streams, ensure_streams_when_ready
@@ -56,6 +56,8 @@ def classify(message: Msg, max_bytes: int, subjects: Any) -> Any:
             return deleted
         if message.subject.startswith(subjects.actions[:-1]):
             return ActionTaken.model_validate_json(message.data)
+        if message.subject.startswith(subjects.schedules[:-1]):
+            return parse_schedule_event(message.data)
         return parse_event(message.data)
     except ValidationError as error:
         errors = error.errors()

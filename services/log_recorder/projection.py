@@ -24,6 +24,8 @@ from services.contracts import (
     RunsDeleted,
     RunStarted,
     RunSucceeded,
+    SchedulePaused,
+    ScheduleResumed,
     StepLogged,
 )
 from services.log_recorder.fingerprints import fingerprint
@@ -126,6 +128,7 @@ class Batch:
     actions: list[tuple[ActionTaken, int | None]] = field(default_factory=list)
     # Per run, the lowest stream sequence of its events here (deletions in progress compare it with theirs).
     first_stream_seq: dict[uuid.UUID, int] = field(default_factory=dict)
+    schedules: list[tuple[SchedulePaused | ScheduleResumed, int | None]] = field(default_factory=list)
     last_event_at: datetime | None = None
     events: int = 0
 
@@ -134,7 +137,8 @@ class Batch:
         """A deletion ends a batch: what follows it in the stream goes into the next one."""
         return bool(self.deletions)
 
-    def add(self, event: RunEvent | RunsDeleted | ActionTaken, stream_seq: int | None = None) -> None:
+    def add(self, event: RunEvent | RunsDeleted | ActionTaken | SchedulePaused | ScheduleResumed,
+            stream_seq: int | None = None) -> None:
         self.events += 1
         if self.last_event_at is None or event.occurred_at > self.last_event_at:
             self.last_event_at = event.occurred_at
@@ -143,6 +147,9 @@ class Batch:
             return
         if isinstance(event, ActionTaken):
             self.actions.append((event, stream_seq))
+            return
+        if isinstance(event, (SchedulePaused, ScheduleResumed)):
+            self.schedules.append((event, stream_seq))
             return
         if stream_seq is not None and stream_seq < self.first_stream_seq.get(event.run_id, stream_seq + 1):
             self.first_stream_seq[event.run_id] = stream_seq
@@ -207,6 +214,22 @@ def action_columns(actions: list[tuple[ActionTaken, int | None]]) -> list[list[A
         [a.event_id for a, _ in actions], [a.occurred_at for a, _ in actions], [scrub(a.actor) for a, _ in actions],
         [a.action for a, _ in actions], [a.job for a, _ in actions], [scrub(a.target) for a, _ in actions],
         [_json(a.detail) for a, _ in actions], [scrub(a.source) for a, _ in actions], [seq for _, seq in actions],
+    ]
+
+
+def schedule_columns(events: list[tuple[SchedulePaused | ScheduleResumed, int | None]]) -> list[list[Any]]:
+    """schedule_states rows: the newest event per job (by stream sequence, then time) wins."""
+    newest: dict[str, tuple[SchedulePaused | ScheduleResumed, int]] = {}
+    for event, seq in events:
+        key = (seq or 0, event.occurred_at)
+        held = newest.get(event.job)
+        if held is None or key >= (held[1], held[0].occurred_at):
+            newest[event.job] = (event, seq or 0)
+    rows = [newest[job] for job in sorted(newest)]
+    return [
+        [e.job for e, _ in rows], [isinstance(e, SchedulePaused) for e, _ in rows], [scrub(e.requested_by) for e, _ in rows],
+        [scrub(e.reason) if isinstance(e, SchedulePaused) else None for e, _ in rows], [e.occurred_at for e, _ in rows],
+        [e.event_id for e, _ in rows], [seq for _, seq in rows],
     ]
 
 

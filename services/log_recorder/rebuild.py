@@ -211,6 +211,8 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
                 table = await conn.fetchval(
                     "SELECT conrelid::regclass::text FROM pg_constraint WHERE conname = $1", f"{name}{SUFFIX}")
                 await conn.execute(f'ALTER TABLE {table} RENAME CONSTRAINT "{name}{SUFFIX}" TO "{name}"')
+        # The per-job statistics follow the new job_logs (its triggers, then job_stats recomputed from it).
+        await conn.execute("SELECT joblog_install_job_stats()")
         await db.bump_version(conn)
     return last_seq
 

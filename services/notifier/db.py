@@ -157,7 +157,10 @@ async def announce_schedule(conn: asyncpg.Connection, job: str, expression: str 
 
 
 async def schedules(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return list(await conn.fetch("SELECT job, expression, checked_until FROM notifier_schedules ORDER BY job"))
+    # A paused schedule (schedule_states, the recorder's) misses nothing: its slots are not due.
+    return list(await conn.fetch(
+        "SELECT s.job, s.expression, s.checked_until, COALESCE(p.paused, false) AS paused "
+        "FROM notifier_schedules s LEFT JOIN schedule_states p ON p.job = s.job ORDER BY s.job"))
 
 
 async def checked(conn: asyncpg.Connection, job: str, until: datetime) -> None:

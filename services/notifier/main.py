@@ -258,7 +258,7 @@ class Notifier:
             slot = schedule.next_after(checked_until, self.settings.zone)
             missed: list[datetime] = []
             while slot + grace <= now and len(missed) < 1000:
-                if not await db.created_between(conn, row["job"], slot - SLOT_TOLERANCE, slot + grace):
+                if not row["paused"] and not await db.created_between(conn, row["job"], slot - SLOT_TOLERANCE, slot + grace):
                     missed.append(slot)
                 checked_until, slot = slot, schedule.next_after(slot, self.settings.zone)
             if checked_until != row["checked_until"]:

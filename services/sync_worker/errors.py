@@ -11,3 +11,7 @@ class UnknownJob(WorkerError):
 
 class SourceError(WorkerError):
     """The order source could not be read."""
+
+
+class RunCancelled(WorkerError):
+    """An operator cancelled the run (raised by ctx.log, or the job's task is cancelled after the grace)."""

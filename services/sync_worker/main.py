@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import ValidationError
 
-from services.contracts import TriggerRequested, WorkerHeartbeat, WorkerStopped
+from services.contracts import CancelReply, CancelRequested, TriggerRequested, WorkerHeartbeat, WorkerStopped
 from services.contracts.events import TriggerKind, utcnow
 from services.contracts.nats import connect
 from services.contracts.process import stop_on_signals
@@ -165,6 +165,30 @@ class Worker:
             log.warning("could not acknowledge a trigger", run=ctx.name, error=repr(error))
         return True
 
+    async def listen_for_cancels(self) -> Any:
+        """Answer cancel requests for the runs this process holds (a core subscription of this worker's own)."""
+
+        async def on_request(message: Any) -> None:
+            try:
+                request = CancelRequested.model_validate_json(message.data)
+            except ValidationError as error:
+                log.warning("ignoring a bad cancel request", error=str(error).splitlines()[0])
+                return
+            ctx = self.running.get(str(request.run_id))
+            if ctx is None or ctx.name != request.name:
+                reply = CancelReply(command_id=request.command_id, accepted=False,
+                                    reason=f"run {request.name} is not running on worker {self.settings.worker_id}")
+            elif not ctx.cancel(request.requested_by):
+                reply = CancelReply(command_id=request.command_id, accepted=False, reason=f"run {request.name} has already ended")
+            else:
+                log.info("cancelling a run", run=ctx.name, by=request.requested_by, command_id=request.command_id)
+                reply = CancelReply(command_id=request.command_id, accepted=True)
+            if message.reply:
+                with contextlib.suppress(Exception):
+                    await message.respond(reply.model_dump_json().encode())
+
+        return await self.nc.subscribe(self.settings.subjects.for_cancel(self.settings.worker_id), cb=on_request)
+
     async def heartbeat(self, stopping: asyncio.Event) -> None:
         """Tell the recorder and the monitor that this worker is alive, and what it runs."""
         subject = self.settings.subjects.for_heartbeat(self.settings.worker_id)
@@ -246,6 +270,7 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         # Heartbeats go on while running jobs drain after SIGTERM: the worker is not lost yet.
         beats_stop = asyncio.Event()
         beats = asyncio.create_task(worker.heartbeat(beats_stop), name="heartbeat")
+        cancels = await worker.listen_for_cancels()
         schedules = [
             asyncio.create_task(
                 run_schedule(worker.js, settings.subjects, job, parse_schedule(expression), settings.zone, stopping),
@@ -259,6 +284,8 @@ async def run(settings: WorkerSettings, ready: asyncio.Event | None = None, stop
         await worker.consume_triggers(stopping)
         await asyncio.gather(*schedules)
         await worker.finish()
+        with contextlib.suppress(Exception):
+            await cancels.unsubscribe()
         beats_stop.set()
         relay_stop.set()
         worker.relay.wake()

@@ -8,6 +8,11 @@ command_id ``schedule:<job>:<slot>``; JetStream's duplicate window (120 s) drops
 from the other workers, so N workers make exactly one run per slot. That holds as long as
 the workers' clocks agree to well within the window (NTP) and a copy is published within
 it: a slot is published at its time, never caught up later.
+
+A schedule can be paused from the Jobs Monitor: a SchedulePaused on {prefix}.schedule.<job> in the
+run stream. Every worker reads that subject's last message before each slot (and at its start), so
+a pause holds across restarts and for every worker; a slot of a paused schedule is not published.
+When JetStream cannot say, the last state this worker knew stands.
 """
 from __future__ import annotations
 
@@ -18,10 +23,10 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from services.contracts import TriggerRequested
+from services.contracts import SchedulePaused, TriggerRequested
 from services.contracts.events import utcnow
 from services.contracts.schedules import Schedule, parse_schedule
-from services.contracts.subjects import DUPLICATE_WINDOW_SECONDS, Subjects, publish_trigger
+from services.contracts.subjects import DUPLICATE_WINDOW_SECONDS, Subjects, publish_trigger, schedule_paused
 
 __all__ = ["PUBLISH_DEADLINE", "Schedule", "parse_schedule", "run_schedule", "slot_command"]
 
@@ -44,7 +49,10 @@ async def run_schedule(
 ) -> None:
     """Publish one trigger per slot of schedule until stopping is set."""
     last = utcnow()
-    log.info("job scheduled", job=job, schedule=schedule.expression, next_run=schedule.next_after(last, zone).isoformat())
+    state = PauseState(js, subjects, job)
+    paused = await state.read()
+    log.info("job scheduled", job=job, schedule=schedule.expression, next_run=schedule.next_after(last, zone).isoformat(),
+             paused_by=paused.requested_by if paused else None)
     while not stopping.is_set():
         slot = schedule.next_after(last, zone)
         # Short waits, re-reading the clock: robust to a suspended machine or a clock step.
@@ -57,7 +65,28 @@ async def run_schedule(
         if (utcnow() - slot).total_seconds() > PUBLISH_DEADLINE:
             log.warning("missed a schedule slot (the worker was busy or asleep)", job=job, slot=slot.isoformat())
             continue
+        paused = await state.read()
+        if paused is not None:
+            log.info("schedule paused; slot not run", job=job, slot=slot.isoformat(), paused_by=paused.requested_by,
+                     paused_at=paused.occurred_at.isoformat())
+            continue
         await _publish_slot(js, subjects, job, slot, stopping)
+
+
+class PauseState:
+    """A job's schedule state as the stream says (the last SchedulePaused / ScheduleResumed of its subject)."""
+
+    def __init__(self, js, subjects: Subjects, job: str) -> None:  # type: ignore[no-untyped-def]
+        self.js, self.subjects, self.job = js, subjects, job
+        self.known: SchedulePaused | None = None
+
+    async def read(self) -> SchedulePaused | None:
+        try:
+            self.known = await asyncio.wait_for(schedule_paused(self.js, self.subjects, self.job), 5.0)
+        except Exception as error:  # NATS away or a bad message: keep what we knew
+            log.warning("could not read the schedule's pause state; keeping the last known", job=self.job,
+                        paused=self.known is not None, error=repr(error))
+        return self.known
 
 
 async def _publish_slot(js, subjects: Subjects, job: str, slot: datetime, stopping: asyncio.Event) -> None:  # type: ignore[no-untyped-def]

@@ -42,6 +42,7 @@ class WorkerSettings(CommonSettings):
     sync_progress_interval: float = Field(0.5, ge=0, le=60, description="Seconds between progress updates of a sync.")
     heartbeat_interval: float = Field(5.0, gt=0, le=300, description="Seconds between worker heartbeats.")
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds running jobs get to finish on SIGTERM.")
+    cancel_grace: float = Field(5.0, ge=0, le=3600, description="Seconds a cancelled run gets to stop at its next step before its task is cancelled.")
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     worker_max_runs: int = Field(8, ge=1, le=200, description="Runs one worker executes at once; more triggers wait in the queue.")
     schedules: dict[str, str] = Field(default_factory=dict, description="Job id -> cron expression or 'every <n><s|m|h|d>'.")

@@ -72,7 +72,7 @@ def _confirmation(
 
 
 async def run_now(request: web.Request) -> web.StreamResponse:
-    """"Run now" (or "Retry" of a failed run): send a trigger to the workers, then back to the monitor."""
+    """"Run now" (or "Retry" of a failed run): send a trigger to the workers, then to the run it starts."""
     job = params.path_job(request)
     form = await request.post()
     retry_of = str(form.get("retry") or "")
@@ -84,9 +84,9 @@ async def run_now(request: web.Request) -> web.StreamResponse:
     )
     if asking is not None:
         return asking
-    await trigger_job(request, job, retry_of or None)
-    shown = {"notice": "retried", "job": job, "run": retry_of} if retry_of else {"notice": "triggered", "job": job}
-    raise web.HTTPSeeOther(f"/monitor?{urlencode(shown)}")
+    command_id = await trigger_job(request, job, retry_of or None)
+    # Lands on the new run as soon as a worker has created it (services.web.operate.command_run).
+    raise web.HTTPSeeOther(f"/commands/{command_id}?{urlencode({'job': job})}")
 
 
 async def trigger_job(request: web.Request, job: str, retry_of: str | None, *, via: str = "page") -> str:

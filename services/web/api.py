@@ -16,12 +16,13 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.contracts.events import RUN_NAME_PATTERN, TOKEN_PATTERN, ActionKind
 from services.contracts.statuses import STATUSES, RunStatus
-from services.web import db, investigate, params, queries
+from services.web import db, investigate, monitoring, params, queries
+from services.web.api_commands import CommandStatus
 from services.web.actions import trigger_job
 from services.web.errors import BadRequest, NotFound
 from services.web.keys import SETTINGS
 
-RunState = Literal[RunStatus, Literal["stalled"]]
+RunState = Literal[RunStatus, Literal["stalled"], Literal["skipped"]]
 RUNS_MOST = 200
 ACTIONS_MOST = 500
 
@@ -44,7 +45,7 @@ class Run(_Out):
     name: str = Field(description="YYYYMMDDhhmmss[-N] in the configured time zone.")
     job: str
     status: RunStatus
-    state: RunState = Field(description="The status to show: 'stalled' when an open run's worker is lost (no heartbeat, and no clean stop).")
+    state: RunState = Field(description="The status to show: 'stalled' when an open run's worker is lost (no heartbeat, and no clean stop); 'skipped' for a run (status success) skipped because its job was already running.")
     summary: str = Field(description="One line: what the run did, or why it failed.")
     trigger: str | None
     requested_by: str | None
@@ -128,6 +129,9 @@ class Job(_Out):
     next_run: datetime | None
     available: bool = Field(description="A worker online offers this job.")
     latest: Run | None
+    paused: bool = Field(default=False, description="Its schedule is paused (the Monitor's Pause): no scheduled runs.")
+    paused_by: str | None = Field(default=None, description="Who paused it.")
+    paused_at: datetime | None = Field(default=None, description="When it was paused.")
 
 
 class JobList(_Out):
@@ -163,6 +167,8 @@ class TriggerAccepted(_Out):
     command_id: str
     job: str
     trigger: Literal["manual", "retry"]
+    run_url: str = Field(description="Redirects (303) to the run's page once a worker has created it.")
+    status_url: str = Field(description="JSON: the run's name once it exists, null until then.")
 
 
 class SearchRun(_Out):
@@ -262,7 +268,9 @@ async def list_open_orders(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = await queries.jobs(request.app)
-    return _json(JobList(jobs=[Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None}) for job in jobs]))
+    paused = await monitoring.pauses(request.app)
+    return _json(JobList(jobs=[
+        Job(**{**job, "latest": _run(job["latest"]) if job["latest"] else None, **paused.get(job["name"], {})}) for job in jobs]))
 
 
 async def list_actions(request: web.Request) -> web.Response:
@@ -284,7 +292,11 @@ async def trigger(request: web.Request) -> web.Response:
         first = error.errors()[0]
         raise BadRequest(f"body: {'.'.join(map(str, first['loc'])) or 'JSON'}: {first['msg']}") from None
     command_id = await trigger_job(request, job, body.retry_of, via="api")
-    return _json(TriggerAccepted(command_id=command_id, job=job, trigger="retry" if body.retry_of else "manual"), status=202)
+    accepted = TriggerAccepted(
+        command_id=command_id, job=job, trigger="retry" if body.retry_of else "manual",
+        run_url=f"/commands/{command_id}", status_url=f"/api/commands/{command_id}",
+    )
+    return web.json_response(text=accepted.model_dump_json(), status=202, headers={"Location": accepted.run_url})
 
 
 async def search(request: web.Request) -> web.Response:
@@ -300,7 +312,7 @@ async def search(request: web.Request) -> web.Response:
 
 # OpenAPI -------------------------------------------------------------------------------------------
 
-MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, ActionList, TriggerAccepted, SearchResults, Error]
+MODELS: list[type[BaseModel]] = [RunList, RunPage, OrderList, JobList, ActionList, TriggerAccepted, CommandStatus, SearchResults, Error]
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -364,6 +376,12 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "listActions", "summary": "The audit trail: who did what, newest first",
                 "parameters": [_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": ACTIONS_MOST}, "Actions (default 50).")],
                 "responses": _ok(ActionList),
+            }},
+            "/api/commands/{command_id}": {"get": {
+                "operationId": "getCommand", "summary": "The run a trigger started (null until a worker has created it)",
+                "parameters": [_param("command_id", "path", {"type": "string", "pattern": params.COMMAND_PATTERN.pattern},
+                                      "The trigger's command_id (TriggerAccepted).")],
+                "responses": _ok(CommandStatus),
             }},
             "/api/jobs/{job}/trigger": {"post": {
                 "operationId": "triggerJob", "summary": "Run a job now (or retry a failed run)", "parameters": [job],

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from services.contracts import RunsDeleted, Subjects, TriggerRequested
+from services.contracts import CancelReply, CancelRequested, RunsDeleted, SchedulePaused, ScheduleResumed, Subjects, TriggerRequested
 from services.contracts.events import ActionTaken
-from services.contracts.subjects import publish_action, publish_trigger
+from services.contracts.subjects import publish_action, publish_schedule_event, publish_trigger
 
 PUBLISH_TIMEOUT = 5.0
 
@@ -25,3 +25,14 @@ async def delete_runs(nc: NATS, subjects: Subjects, event: RunsDeleted) -> None:
 async def record(nc: NATS, subjects: Subjects, action: ActionTaken) -> None:
     """Put an action on the audit trail (the run stream, so a rebuild keeps it)."""
     await publish_action(nc.jetstream(timeout=PUBLISH_TIMEOUT), subjects, action)
+
+
+async def schedule_event(nc: NATS, subjects: Subjects, event: SchedulePaused | ScheduleResumed) -> None:
+    """Pause or resume a schedule: on the run stream, where every worker reads it before each slot."""
+    await publish_schedule_event(nc.jetstream(timeout=PUBLISH_TIMEOUT), subjects, event)
+
+
+async def cancel(nc: NATS, subjects: Subjects, worker_id: str, request: CancelRequested, timeout: float = 3.0) -> CancelReply:
+    """Ask the worker holding a run to cancel it; raises nats.errors.NoRespondersError / TimeoutError if it does not answer."""
+    reply = await nc.request(subjects.for_cancel(worker_id), request.model_dump_json().encode(), timeout=timeout)
+    return CancelReply.model_validate_json(reply.data)

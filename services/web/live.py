@@ -35,11 +35,46 @@ class Listener:
     dropped: bool = False
 
 
+# How many recent "command id -> run name" pairs the feed remembers (Run now lands on its run).
+COMMANDS_KEPT = 10_000
+
+
 class RunFeed:
-    """Fans the run events out to every listener that wants them."""
+    """Fans the run events out to every listener that wants them; remembers which run each command started."""
 
     def __init__(self) -> None:
         self.listeners: set[Listener] = set()
+        self.commands: dict[str, str] = {}
+        self.waiting: dict[str, set[asyncio.Future[str]]] = {}
+
+    def run_of_command(self, command_id: str) -> str | None:
+        return self.commands.get(command_id)
+
+    async def wait_for_command(self, command_id: str, timeout: float) -> str | None:
+        """The name of the run command_id started, as soon as its run.created passes; None after timeout."""
+        if command_id in self.commands:
+            return self.commands[command_id]
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(command_id, set()).add(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            waiters = self.waiting.get(command_id, set())
+            waiters.discard(future)
+            if not waiters:
+                self.waiting.pop(command_id, None)
+
+    def _remember(self, event: RunCreated) -> None:
+        if not event.command_id:
+            return
+        self.commands[event.command_id] = event.name
+        if len(self.commands) > COMMANDS_KEPT:
+            self.commands.pop(next(iter(self.commands)))
+        for future in self.waiting.get(event.command_id, set()):
+            if not future.done():
+                future.set_result(event.name)
 
     def listen(self, run_name: str | None) -> Listener:
         listener = Listener(run_name)
@@ -81,12 +116,17 @@ class RunFeed:
 
         async def on_message(message: Msg) -> None:
             # Parse only what someone is watching: the stream can carry thousands of events a second.
-            if not self.listeners:
+            created = message.subject.endswith(".created")  # one per run: which command started it
+            if not self.listeners and not created:
                 return
             if message.subject.endswith(".step") and all(listener.run_name is None for listener in self.listeners):
                 return
             with contextlib.suppress(ValidationError):
-                self.deliver(parse_event(message.data))
+                event = parse_event(message.data)
+                if isinstance(event, RunCreated):
+                    self._remember(event)
+                if self.listeners:
+                    self.deliver(event)
 
         return await nc.subscribe(subjects.runs, cb=on_message)
 

@@ -1,4 +1,4 @@
-"""The HTML pages: the index, a run, the open orders and the Jobs Monitor, rendered from the read model.
+"""The HTML pages: the index, a run and the open orders, rendered from the read model (the Monitor: jobpage).
 
 The index and the run page are cached per projection version (services.web.cache): a page is
 rendered once per change of the projection, whoever asks.
@@ -79,7 +79,7 @@ async def run_detail(request: web.Request) -> web.Response:
     async def load() -> dict[str, Any]:
         page = await investigate.run_page(
             request.app, name, after, at, params.levels_from(level), queries.DETAILS_PER_PAGE)
-        return {**page, "level": level, "levels": params.LEVELS}
+        return {**page, "level": level, "levels": params.LEVELS, "notice": params.notice(request)}
 
     return await cached(request, "run.html", load)
 
@@ -89,13 +89,6 @@ async def open_orders(request: web.Request) -> dict[str, Any]:
     """Open orders as the last sync left them."""
     data = await queries.open_orders(request.app, params.orders_filter(request, db.ORDER_SORTS))
     return {**data, "q": data["search"] or "", "sorts": db.ORDER_SORTS, "account": account_of(request)}
-
-
-@aiohttp_jinja2.template("monitor.html")
-async def monitor(request: web.Request) -> dict[str, Any]:
-    """The Jobs Monitor: jobs, workers, stalled runs, recorder health."""
-    return {**await queries.monitor(request.app), "notice": params.notice(request), "account": account_of(request)}
-
 
 
 async def search(request: web.Request) -> web.Response:

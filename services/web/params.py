@@ -132,7 +132,10 @@ def orders_filter(request: web.Request, sorts: tuple[str, ...] | dict[str, Any])
     return {"sort": sort, "dir": direction, "search": search(request), "page": page(request)}
 
 
-NOTICE_VALUES = {"job": JOB_PATTERN, "run": NAME_PATTERN, "before": re.compile(r"^\d{4}-\d{2}-\d{2}$")}
+NOTICE_VALUES = {"job": JOB_PATTERN, "run": NAME_PATTERN, "before": re.compile(r"^\d{4}-\d{2}-\d{2}$"),
+                 "runs": re.compile(r"^\d{1,9}$"), "count": re.compile(r"^\d{1,6}$")}
+# A trigger's command id (the web's are UUIDs; schedules' are schedule:<job>:<slot>).
+COMMAND_PATTERN = re.compile(r"^[A-Za-z0-9:_.+-]{1,200}$")
 
 
 def notice(request: web.Request) -> str:

@@ -23,6 +23,8 @@ BADGES = {
     "success": ("Success", "✓", "success"),
     "error": ("Error", "✕", "error"),
     "stalled": ("Stalled", "⚠", "stalled"),
+    # A run skipped because its job was already running: status success in the data, shown apart.
+    "skipped": ("Skipped", "↷", "skipped"),
 }
 
 
@@ -41,10 +43,22 @@ class Row(dict):  # type: ignore[type-arg]
             raise AttributeError(name) from None
 
 
+def is_skipped(status: str | None, stats: Any) -> bool:
+    """A run that did not run its job (already running): success with stats {"skipped": true}."""
+    if status != "success" or not stats:
+        return False
+    if isinstance(stats, str):
+        stats = json.loads(stats)
+    return isinstance(stats, dict) and stats.get("skipped") is True
+
+
 def run_state(run: asyncpg.Record | dict[str, Any], directory: Liveness) -> str:
-    """The status to show: open runs whose worker is lost (no heartbeat, no clean stop) are stalled."""
+    """The status to show: open runs whose worker is lost (no heartbeat, no clean stop) are stalled;
+    a skipped run (status success) is skipped."""
     if run["status"] not in TERMINAL and directory.is_alive(run["worker_id"]) is False:
         return "stalled"
+    if run["status"] == "success" and is_skipped(run["status"], run.get("stats")):
+        return "skipped"
     return str(run["status"])
 
 
@@ -146,6 +160,15 @@ NOTICES = {
     "retried": ("Triggered {job} again (retry of run {run}). The new run appears in the job logs in a moment.", ("job", "run")),
     "run_deleted": ("Run {run} is being deleted.", ("run",)),
     "runs_deleted": ("Runs created before {before} are being deleted.", ("before",)),
+    "paused": ("Paused the schedule of {job}: no new scheduled runs until it is resumed.", ("job",)),
+    "resumed": ("Resumed the schedule of {job}: its next slot runs again.", ("job",)),
+    "cancelling": ("Cancelling run {run}: it ends as error at its next step.", ("run",)),
+    "cancel_ended": ("Run {run} has already ended; there is nothing to cancel.", ("run",)),
+    "cancel_refused": ("Run {run} could not be cancelled: its worker does not hold it (it may have just ended).", ("run",)),
+    "cancel_unreachable": ("Run {run} could not be cancelled: its worker did not answer. Is it still running?", ("run",)),
+    "bulk_retried": ("Retried {runs} failed runs: {count} new runs, one per job.", ("runs", "count")),
+    "nothing_to_retry": ("No failed runs match this filter; nothing was retried.", ()),
+    "waiting": ("Waiting for a worker to take the run of {job}. This page follows it.", ("job",)),
 }
 
 ACTION_LABELS = {

@@ -39,7 +39,7 @@ def live_run(event: RunEvent, zone: ZoneInfo, directory: WorkerDirectory) -> dic
     update = run_update(event)
     status = update["status"]
     shown = {"status": status, "stats": update.get("stats") or {}, "error_message": update.get("error_message")}
-    state = run_state({"status": status, "worker_id": update.get("worker_id")}, directory)
+    state = run_state({"status": status, "worker_id": update.get("worker_id"), "stats": update.get("stats")}, directory)
     return {
         "name": event.name, "job": event.job, "status": status, "state": state, "seq": event.seq,
         "badge": badge(state),

@@ -13,7 +13,8 @@ import pytest
 
 from joblog import schema
 from services.contracts import (
-    ActionTaken, AlertRaised, RunsDeleted, Subjects, TriggerRequested, WorkerHeartbeat, WorkerStopped, parse_event,
+    ActionTaken, AlertRaised, CancelReply, CancelRequested, RunsDeleted, SchedulePaused, ScheduleResumed, Subjects,
+    TriggerRequested, WorkerHeartbeat, WorkerStopped, parse_event,
 )
 from tests.factories import run_events
 
@@ -24,6 +25,8 @@ NON_RUN_MODELS = {
     "runs.deleted": RunsDeleted, "worker.heartbeat": WorkerHeartbeat, "trigger.requested": TriggerRequested,
     "worker.stopped": WorkerStopped, "action.taken": ActionTaken,
     "alert.raised": AlertRaised,
+    "schedule.paused": SchedulePaused, "schedule.resumed": ScheduleResumed,
+    "cancel.requested": CancelRequested, "cancel.reply": CancelReply,
 }
 
 
@@ -103,6 +106,8 @@ def test_asyncapi_channels_are_the_subjects_the_services_use():
     assert address("heartbeats", worker_id="w1") == subjects.for_heartbeat("w1")
     assert address("triggers", job="sync_open_orders") == subjects.for_trigger("sync_open_orders")
     assert address("retention") == subjects.retention
+    assert address("schedules", job="sync_open_orders") == subjects.for_schedule("sync_open_orders")
+    assert address("cancels", worker_id="w1") == subjects.for_cancel("w1")
     referenced = {ref["$ref"].rsplit("/", 1)[1] for channel in channels.values() for ref in channel["messages"].values()}
     assert referenced == set(document["components"]["messages"])
     for message in document["components"]["messages"].values():

@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 
 from joblog.servers import NatsServer, free_port
-from services.contracts import RunsDeleted, Subjects, TriggerRequested
-from services.contracts.subjects import close_nats
+from services.contracts import CancelReply, CancelRequested, RunsDeleted, Subjects, TriggerRequested
+from services.contracts.subjects import close_nats, schedule_paused
 from services.log_recorder.main import run as run_recorder
 from services.log_recorder.settings import RecorderSettings
 from services.notifier.main import run as run_notifier
@@ -123,6 +123,24 @@ async def test_every_role_does_its_job_through_the_shipped_configuration(
             return monitor.status == 200 and "w-secure" in await monitor.text()
 
         await eventually(worker_shown)  # heartbeats followed as the web user
+        # Pause as the web user; the worker, as its own, reads the pause from the stream.
+        paused = await web.post("/jobs/sync_open_orders/pause", data={"confirm": "yes"}, allow_redirects=False)
+        assert paused.status == 303 and "notice=paused" in paused.headers["Location"]
+        worker_nc = await connect_as(secured_nats, "worker", passwords)
+        try:
+            state = await schedule_paused(worker_nc.jetstream(timeout=5), SUBJECTS, "sync_open_orders")
+            assert state is not None and state.requested_by == "anonymous"
+        finally:
+            await close_nats(worker_nc)
+        # A cancel request as the web user reaches the worker, which answers it.
+        web_nc = await connect_as(secured_nats, "web", passwords)
+        try:
+            request = CancelRequested(run_id=uuid.uuid4(), name="20261129083000", job="sync_open_orders", requested_by="alice")
+            reply = await web_nc.request(SUBJECTS.for_cancel("w-secure"), request.model_dump_json().encode(), timeout=5)
+            answer = CancelReply.model_validate_json(reply.data)
+            assert not answer.accepted and "not running on worker w-secure" in answer.reason
+        finally:
+            await close_nats(web_nc)
         ready = await web.get("/readyz")  # asks JetStream for the recorder's consumer
         assert ready.status == 200, await ready.text()
     finally:
@@ -174,11 +192,13 @@ async def test_no_role_can_do_another_s_job(secured_nats: NatsServer, passwords,
         assert await refused(cjs.delete_stream("JOBS")), "a consumer deleted the stream"
         assert await refused(cjs.purge_stream("JOBS")), "a consumer purged the stream"
         assert await refused(cjs.delete_consumer("JOBS", "log_recorder")), "a consumer deleted the recorder's consumer"
+        assert await refused(cjs.publish(SUBJECTS.for_schedule("sync_open_orders"), b"{}")), "a consumer paused a schedule"
 
         wjs = worker.jetstream(timeout=2)
         assert not await refused(wjs.publish(*run_event)), "a worker must publish run events"
         assert await refused(wjs.publish(SUBJECTS.retention, deletion)), "a worker deleted runs"
         assert await refused(wjs.delete_stream("JOBS")), "a worker deleted the stream"
+        assert await refused(wjs.publish(SUBJECTS.for_schedule("sync_open_orders"), b"{}")), "a worker paused a schedule"
 
         rjs = recorder.jetstream(timeout=2)
         assert await refused(rjs.publish(f"{SUBJECTS.prefix}.run.sync_open_orders.20261129083000.succeeded", b"{}")), \

@@ -37,7 +37,7 @@ async def test_retry_of_a_failed_run_sends_a_retry_trigger(client, js, subjects,
     response = await client.post(
         "/jobs/sync_open_orders/run", data={"retry": "20261129083000", "confirm": "yes"}, allow_redirects=False,
     )
-    assert response.status == 303 and response.headers["Location"].startswith("/monitor?")
+    assert response.status == 303 and response.headers["Location"].startswith("/commands/")  # lands on the new run
 
     command = await queued_trigger(js, subjects)
     assert command.job == "sync_open_orders" and command.trigger == "retry"

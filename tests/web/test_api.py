@@ -61,7 +61,7 @@ async def test_the_openapi_document_describes_every_api_route(client):
     assert served == openapi_document()
     assert served["openapi"].startswith("3.")
     assert set(served["paths"]) == {"/api/runs", "/api/runs/{name}", "/api/open_orders", "/api/jobs", "/api/actions", "/api/jobs/{job}/trigger",
-                                     "/api/search"}
+                                     "/api/search", "/api/commands/{command_id}"}
     assert "Run" in served["components"]["schemas"] and "Detail" in served["components"]["schemas"]
 
 

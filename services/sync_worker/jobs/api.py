@@ -40,7 +40,7 @@ from services.contracts import (
 from services.contracts.events import TriggerKind, utcnow
 from services.contracts.redaction import redact
 from services.sync_worker import db
-from services.sync_worker.errors import UnknownJob
+from services.sync_worker.errors import RunCancelled, UnknownJob
 from services.sync_worker.outbox import OutboxRow, StepEncoder, encode
 from services.sync_worker.settings import WorkerSettings
 
@@ -131,6 +131,33 @@ class RunContext:
     # Set once the run's terminal event (succeeded or failed) is emitted: every run gets exactly one.
     finished: bool = False
     _steps: StepEncoder | None = None
+    # Who cancelled the run (a CancelRequested): the next ctx.log raises RunCancelled, and the job's
+    # task is cancelled after JOBLOG_CANCEL_GRACE if it has not stopped by then (a job awaiting forever).
+    cancelled_by: str | None = None
+    _job_task: asyncio.Future[Any] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """An operator asked to cancel this run: a long job may check this between its steps."""
+        return self.cancelled_by is not None
+
+    def cancel(self, actor: str) -> bool:
+        """Ask the run to stop (cooperatively first); False when it already ended."""
+        if self.finished:
+            return False
+        if self.cancelled_by is None:
+            self.cancelled_by = actor
+            asyncio.get_running_loop().call_later(self.settings.cancel_grace, self._cancel_task)
+        return True
+
+    def _cancel_task(self) -> None:
+        if self._job_task is not None and not self._job_task.done():
+            self._job_task.cancel()
+
+    def check_cancelled(self) -> None:
+        """Raise RunCancelled if the run was cancelled (every ctx.log does this first)."""
+        if self.cancelled_by is not None and not self.finished:
+            raise RunCancelled(f"cancelled by {self.cancelled_by}")
 
     @property
     def unwritten(self) -> bool:
@@ -153,7 +180,9 @@ class RunContext:
         """Log a step. A later call with the same key updates that detail in place.
 
         Pass conn to commit the event in the same transaction as the work it describes.
+        Raises RunCancelled once the run was cancelled.
         """
+        self.check_cancelled()
         seq = self.next_seq()
         key = key or f"step-{seq}"
         self.current_step = key
@@ -289,10 +318,16 @@ async def execute_run(spec: JobSpec, ctx: RunContext) -> bool:
     try:
         await ctx.flush()
         bound.info("run started")
-        stats = await spec.function(ctx) or {}
+        ctx.check_cancelled()
+        # The job runs in a task of its own, so that cancelling the run cancels the job and nothing else.
+        ctx._job_task = asyncio.ensure_future(spec.function(ctx))
+        stats = await ctx._job_task or {}
+        ctx.check_cancelled()  # a job that swallowed RunCancelled still ends cancelled
     except (Exception, asyncio.CancelledError) as error:
-        await fail_run(ctx, error, int((time.monotonic() - started) * 1000))
-        if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        shut_down = isinstance(error, asyncio.CancelledError) and (task is None or task.cancelling() > 0)
+        await fail_run(ctx, error, int((time.monotonic() - started) * 1000), shut_down=shut_down)
+        if shut_down:
             raise
         return False
     duration_ms = int((time.monotonic() - started) * 1000)
@@ -308,9 +343,15 @@ async def execute_run(spec: JobSpec, ctx: RunContext) -> bool:
     return True
 
 
-async def fail_run(ctx: RunContext, error: BaseException, duration_ms: int | None = None, *, before_job: bool = False) -> None:
+async def fail_run(
+    ctx: RunContext, error: BaseException, duration_ms: int | None = None, *, before_job: bool = False,
+    shut_down: bool = True,
+) -> None:
     """End the run as error with the reason: an error step and run.failed, written whatever it takes."""
     if ctx.finished:
+        return
+    if ctx.cancelled_by is not None and not (isinstance(error, asyncio.CancelledError) and shut_down):
+        await _cancelled(ctx, duration_ms)
         return
     ctx.finished = True
     message = str(error) or repr(error)
@@ -338,3 +379,24 @@ async def fail_run(ctx: RunContext, error: BaseException, duration_ms: int | Non
     )
     await ctx.flush_durably()
     log.warning("run failed", run=ctx.name, job=ctx.job, error=message, step=ctx.current_step)
+
+
+async def _cancelled(ctx: RunContext, duration_ms: int | None) -> None:
+    """End a cancelled run: an error step "Cancelled by <actor>" and run.failed (RunCancelled)."""
+    ctx.finished = True
+    actor = ctx.cancelled_by or "someone"
+    where = f" during step '{ctx.current_step}'" if ctx.current_step else ""
+    ctx.emit(
+        StepLogged(
+            run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(), key="cancelled", level="error",
+            message=f"Cancelled by {actor}{where}"[:20_000], data={"cancelled_by": actor, "step": ctx.current_step},
+        )
+    )
+    ctx.emit(
+        RunFailed(
+            run_id=ctx.run_id, name=ctx.name, job=ctx.job, seq=ctx.next_seq(), error_class="RunCancelled",
+            error_message=f"cancelled by {actor}"[:20_000], traceback=None, step=ctx.current_step, duration_ms=duration_ms,
+        )
+    )
+    await ctx.flush_durably()
+    log.warning("run cancelled", run=ctx.name, job=ctx.job, by=actor, step=ctx.current_step)

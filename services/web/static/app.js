@@ -299,6 +299,44 @@ const runHead = document.querySelector("[data-live-run]");
 if (runHead) liveRun(runHead);
 watchLoadMore();
 
+// The Jobs Monitor, live: on every run event of the index's feed (debounced), and every few seconds for
+// heartbeats, the recorder's lag and alerts, its body is replaced by the server's rendering of it.
+function liveMonitor(container) {
+  let timer = null;
+  let busy = false;
+  const refresh = async () => {
+    timer = null;
+    if (busy) { schedule(300); return; }
+    busy = true;
+    try {
+      const response = await fetch(container.dataset.liveMonitor, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+      if (response.ok) {
+        // Only the sections that changed are replaced: the rest (and what the user is looking at) stays put.
+        const fresh = document.createElement("template");
+        fresh.innerHTML = await response.text();
+        const now = Array.from(fresh.content.children);
+        const shown = Array.from(container.children);
+        if (now.length !== shown.length) {
+          container.replaceChildren(...now);
+        } else {
+          now.forEach((section, i) => { if (section.outerHTML !== shown[i].outerHTML) shown[i].replaceWith(section); });
+        }
+        container.dataset.refreshed = String(Number(container.dataset.refreshed || 0) + 1);
+      }
+    } catch (error) {
+      // The server is away: the next tick tries again.
+    } finally {
+      busy = false;
+    }
+  };
+  const schedule = (delay) => { if (timer === null) timer = window.setTimeout(refresh, delay); };
+  listen(container.dataset.liveRunsFeed, "since", null, { run: () => schedule(250) });
+  window.setInterval(() => schedule(0), 5000);
+}
+
+const monitorBody = document.querySelector("[data-live-monitor]");
+if (monitorBody) liveMonitor(monitorBody);
+
 // Run page tools: the level filter submits itself; find within the loaded messages (highlight,
 // next/previous); every message's link is copied on click; a bare #m17 loads the page it is on.
 function levelFilter() {
