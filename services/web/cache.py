@@ -120,7 +120,9 @@ class ProjectionVersion:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(self.CHANNEL, self._notified)
-                self.current = await conn.fetchval("SELECT version FROM projection_version")
+                found = await conn.fetchval("SELECT version FROM projection_version")
+                # A bump committed after that read's snapshot may have been announced while it ran: keep the newer.
+                self.current = found if self.current is None else max(self.current, found)
                 self._ready.set()
                 await lost.wait()
                 log.warning("the projection version's listener lost its connection; reconnecting")

