@@ -146,12 +146,23 @@ async def test_chaos_soak_leaves_a_log_that_tells_the_truth(own_servers, slow_or
             outbox = await db.fetchval("SELECT count(*) FROM outbox")
             return open_runs == 0 and outbox == 0
 
+        async def until_all_terminal() -> None:
+            try:
+                await eventually(all_terminal, timeout=120, interval=0.5)
+            except AssertionError:  # say which runs never ended and what is left in the outbox
+                still_open = await db.fetch(
+                    "SELECT n.name, j.worker_id, j.status, j.updated_at FROM run_names n LEFT JOIN job_logs j ON j.id = n.run_id "
+                    "WHERE j.id IS NULL OR j.status NOT IN ('success', 'error') ORDER BY n.name")
+                unsent = await db.fetch("SELECT subject, count(*) AS n FROM outbox GROUP BY subject ORDER BY subject LIMIT 20")
+                raise AssertionError(f"runs not terminal: {[dict(r) for r in still_open]}; outbox: {[dict(r) for r in unsent]}; "
+                                     f"the processes' logs are in {tmp_path}") from None
+
         # The one worker started last drains the outbox of the killed ones.
         relay = Process("worker", {**workers[WORKERS[0]].env, "JOBLOG_WORKER_ID": "soak-relay"}, tmp_path / "relay.log")
         relay.start()
-        await eventually(all_terminal, timeout=120, interval=0.5)
+        await until_all_terminal()
         relay.terminate()
-        await eventually(all_terminal, timeout=120, interval=0.5)
+        await until_all_terminal()
         counts["runs"] = await db.fetchval("SELECT count(*) FROM run_names")
         await eventually(lambda: _drained(js, subjects.stream), timeout=60)
         for recorder in recorders:
