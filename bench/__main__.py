@@ -32,6 +32,7 @@ def benchmarks() -> dict[str, Benchmark]:
         "flower": flower.flower,
         "curves": curves.curves,
         "retention": retention.retention,
+        "retention_size": retention.retention_size,
     }
 
 

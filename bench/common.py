@@ -89,6 +89,7 @@ class Servers:
         self.admin_dsn = os.environ.get("JOBLOG_BENCH_DATABASE_URL", "")
         self.where = "JOBLOG_BENCH_* servers"
         self.nats_version = ""
+        self.nats_store: Path | None = None  # the embedded server's store folder (on-disk sizes), else unknown
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "Servers":
@@ -101,6 +102,7 @@ class Servers:
                 tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="joblog-bench-nats-"))
                 server = NatsServer(Path(tmp)).start()
                 self._stack.callback(server.stop)
+                self.nats_store = Path(tmp)
                 self.nats_url, self.where = server.url, f"the nats-server joblog ships ({nats_server_binary()}, started by joblog/servers.py)"
         if not self.admin_dsn:
             if port_open("127.0.0.1", 5432):
