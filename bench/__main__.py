@@ -20,7 +20,7 @@ Benchmark = Callable[[Servers], Awaitable[tuple[list[Result], dict[str, float]]]
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    from bench import curves, flower, recorder, recorder_search, retention, sync, web, worker
+    from bench import curves, flower, growth, recorder, recorder_search, retention, sync, web, worker
 
     return {
         "recorder_throughput": recorder.recorder_throughput,
@@ -31,6 +31,7 @@ def benchmarks() -> dict[str, Benchmark]:
         "worker_overhead": worker.worker_overhead,
         "flower": flower.flower,
         "curves": curves.curves,
+        "growth": growth.growth,
         "retention": retention.retention,
         "retention_size": retention.retention_size,
     }
