@@ -33,8 +33,9 @@ from pathlib import Path
 import asyncpg
 import nats
 
-from bench.common import PYTHON, ROOT, Result, Servers, peak_rss_mb, scale, scratch, server_of, service_env
+from bench.common import PYTHON, ROOT, Result, Servers, peak_rss_mb, scale, scratch, server_of, service_env, service_process
 from bench.recorder import build_events, publish_all, recorder_rate
+from bench.web import CONNECTIONS, wait_for_port, wrk
 from joblog.servers import free_port, port_open
 from services.contracts import Subjects
 from services.contracts.subjects import ensure_streams
@@ -78,8 +79,17 @@ def wait_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: f
         time.sleep(0.05)
 
 
+# Flower's task list, as its /tasks page asks for it: the first 50 tasks, newest received first.
+FLOWER_TASKS_PAGE = ("/tasks/datatable?draw=1&start=0&length=50&search%5Bvalue%5D=&order%5B0%5D%5Bcolumn%5D=0"
+                     "&order%5B0%5D%5Bdir%5D=desc&columns%5B0%5D%5Bdata%5D=received")
+
+
+WARMUP, PAGE_SECONDS = 1, 5
+
+
 def run_flower(total_events: int) -> dict[str, float | str]:
-    """Flower's absorption rate of total_events (rounded down to whole tasks), and what it ran on."""
+    """Flower's absorption rate of total_events (rounded down to whole tasks), its task list page
+    under wrk once it holds them, and what it ran on."""
     redis_server = shutil.which("redis-server")
     celery = Path(PYTHON).parent / "celery"
     if not redis_server:
@@ -131,6 +141,8 @@ def run_flower(total_events: int) -> dict[str, float | str]:
                     break  # stalled: report what it absorbed
             elapsed = last_change - began
             absorbed = seen - baseline
+            wrk(f"http://127.0.0.1:{flower_port}{FLOWER_TASKS_PAGE}", WARMUP)
+            page = wrk(f"http://127.0.0.1:{flower_port}{FLOWER_TASKS_PAGE}", PAGE_SECONDS)
             rss = peak_rss_mb(flower.pid)
         finally:
             for process in (flower, server):
@@ -143,7 +155,16 @@ def run_flower(total_events: int) -> dict[str, float | str]:
                         process.wait()
     return {"rate": absorbed / elapsed if elapsed > 0 else 0.0, "absorbed": absorbed, "sent": sent, "tasks": tasks,
             "publish_rate": publish_rate, "rss": rss, "redis": redis_version, "flower": version("flower"),
-            "celery": version("celery")}
+            "celery": version("celery"), **{f"page_{k}": v for k, v in page.items()}}
+
+
+def joblog_index(nats_url: str, dsn: str, stream: str, prefix: str) -> dict[str, float]:
+    """`python -m joblog web` on the peer row's projection: its index (the newest 50 runs) under wrk."""
+    port = free_port()
+    with service_process("web", service_env(nats_url, dsn, stream, prefix, JOBLOG_WEB_PORT=str(port))):
+        wait_for_port(port)
+        wrk(f"http://127.0.0.1:{port}/", WARMUP)
+        return wrk(f"http://127.0.0.1:{port}/", PAGE_SECONDS)
 
 
 async def flower(servers: Servers) -> tuple[list[Result], dict[str, float]]:
@@ -161,6 +182,7 @@ async def flower(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             await publish_all(js, messages)
             rate, done, rss = await recorder_rate(conn, service_env(servers.nats_url, dsn, stream, prefix), len(messages))
             ok = await conn.fetchval("SELECT count(*) FROM job_logs WHERE status = 'success'")
+            index = await asyncio.to_thread(joblog_index, servers.nats_url, dsn, stream, prefix)
         finally:
             await conn.close()
             await nc.close()
@@ -183,4 +205,16 @@ async def flower(servers: Servers) -> tuple[list[Result], dict[str, float]]:
          "connected at that moment (none while Flower is down; a subscriber 32 MB behind is disconnected at Redis's "
          "default limits; lifted here so the backlog could be measured)"],
         {"ratio": ratio >= 1, "exact": exact}, f"{server} (joblog); Redis {peer['redis']} (Flower)",
+    ), Result(
+        "7b. Peer: the newest 50 runs / tasks page", f"joblog `/` {index['rps']:,.0f} req/s, p50 {index['p50']:.1f} ms, "
+        f"p99 {index['p99']:.1f} ms", f"Flower `/tasks/datatable` {peer['page_rps']:,.0f} req/s, p50 {peer['page_p50']:.1f} ms, "
+        f"p99 {peer['page_p99']:.1f} ms", f"{index['rps'] / peer['page_rps']:.2f}x Flower" if peer["page_rps"] else "-",
+        ">= 1", bool(peer["page_rps"]) and index["rps"] >= peer["page_rps"] and not index["errors"],  # type: ignore[operator]
+        "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench flower",
+        [f"each holding the row's {runs:,} runs / {peer['tasks']:,} tasks; wrk -t1 -c{CONNECTIONS} -d{PAGE_SECONDS}s after "
+         f"{WARMUP} s; errors or non-2xx: joblog {index['errors']:.0f}, Flower {peer['page_errors']:.0f}",
+         "joblog renders its index page (HTML) and keeps it until the projection moves; Flower answers the JSON its "
+         "/tasks page loads, sorting the tasks it holds in memory per request (at most max_tasks, 100,000 by default: "
+         "a million tasks is beyond Flower's default)"],
+        {}, f"{server} (joblog); Redis {peer['redis']} (Flower)",
     )], {"recorder (peer)": rss, "Flower (peer, reference)": float(peer["rss"])}  # type: ignore[arg-type]
