@@ -312,7 +312,7 @@ def detail_items(name: str, rows: list[Any], failed_step: str | None, took: list
     """The <li> of each message of a run page (rows as RUN_PAGE's details give them: key, message, level,
     first_seq, seq, created_at, updated_at), `took` the time until the next message of each (None: not shown)."""
     link = f"/runs/{escape(name)}?at="
-    out = []
+    out: list[str] = []
     append = out.append
     for (key, message, level, first_seq, seq, created_at, updated_at), took_ms in zip(rows, took):
         key_html, level_html = escape(key), _escaped(level)
