@@ -9,6 +9,7 @@ only ever talks to 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import shutil
@@ -48,6 +49,29 @@ def wrk(url: str, duration: int, script: str | None = None) -> dict[str, float]:
     figures["errors"] = float(bad[1]) if bad else 0.0
     figures["errors"] += sum(int(g) for g in errors.groups()) if errors else 0
     figures["requests"] = float(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    return figures
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user, system) a process has used so far, from /proc (0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def wrk_cpu(pid: int, url: str, duration: int, script: str | None = None) -> dict[str, float]:
+    """wrk(), plus the web process's own CPU per request (ms; sys_ms the kernel's part of it): what a page
+    costs the web whatever else the machine runs (the shared cores make req/s and latency depend on the
+    neighbours)."""
+    user, system = cpu_seconds(pid)
+    figures = wrk(url, duration, script)
+    user_after, system_after = cpu_seconds(pid)
+    requests = max(1.0, figures["requests"])
+    figures["cpu_ms"] = (user_after - user + system_after - system) * 1000 / requests
+    figures["sys_ms"] = (system_after - system) * 1000 / requests
     return figures
 
 
@@ -182,7 +206,7 @@ async def measure_baseline(servers: Servers, dsn: str, runs: int, duration: int,
     env = service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port))
     found: dict[str, Any] = {"tree": f"{tree} at {commit}"}
     try:
-        with service_process("web", env, Path(tree)), tempfile.TemporaryDirectory() as tmp:
+        with service_process("web", env, Path(tree)) as process, tempfile.TemporaryDirectory() as tmp:
             wait_for_port(port)
             base = f"http://127.0.0.1:{port}"
             if "index" in rows:
@@ -191,10 +215,10 @@ async def measure_baseline(servers: Servers, dsn: str, runs: int, duration: int,
             if "run" in rows:
                 script = detail_script(runs, Path(tmp))
                 await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
-                found["run"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, script)
+                found["run"] = await asyncio.to_thread(wrk_cpu, process.pid, base + "/runs/x", duration, script)
                 again, _ = await repeat_scripts(base, repeated, Path(tmp))
                 await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, again)
-                found["run_cached"] = await asyncio.to_thread(wrk, base + "/runs/x", duration, again)
+                found["run_cached"] = await asyncio.to_thread(wrk_cpu, process.pid, base + "/runs/x", duration, again)
     finally:
         await delete_streams(servers.nats_url, stream)
     return found
@@ -251,7 +275,7 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
 
     async def measure(key: str, url: str, script: str | None = None) -> None:
         await asyncio.to_thread(wrk, url, WARMUP_SECONDS, script)
-        figures[key] = await asyncio.to_thread(wrk, url, duration, script)
+        figures[key] = await asyncio.to_thread(wrk_cpu, process.pid, url, duration, script)
 
     try:
         with service_process("web", env) as process, tempfile.TemporaryDirectory() as tmp:
@@ -295,9 +319,11 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             [f"{runs:,} runs, {details:,} details (scale {web_scale():g}; dataset {'built in %.0f s' % built if built else 'cached'}); "
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
              f"{f['errors']:.0f} errors or non-2xx"
-             + ("; each request a run drawn at random from the whole dataset (nearly all cache misses)" if key == "run" else "")]
+             + ("; each request a run drawn at random from the whole dataset (nearly all cache misses)" if key == "run" else "")
+             + (f"; the web's own CPU: {f['cpu_ms']:.2f} ms per request ({f['sys_ms']:.2f} in the kernel)" if "cpu_ms" in f else "")]
             + ([f"before, same run ({baseline['tree']}): {baseline[key]['rps']:,.0f} req/s, p50 {baseline[key]['p50']:.1f} ms, "
-                f"p99 {baseline[key]['p99']:.1f} ms, {baseline[key]['rps'] / limit['rps']:.2f} of hello-world"]
+                f"p99 {baseline[key]['p99']:.1f} ms, {baseline[key]['rps'] / limit['rps']:.2f} of hello-world"
+                + (f", its CPU {baseline[key]['cpu_ms']:.2f} ms per request" if "cpu_ms" in baseline[key] else "")]
                if baseline and key in baseline else []),
             {"p99": f["p99"] < max_p99, "ratio": ratio >= min_ratio}, server,
         ))
@@ -314,9 +340,11 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
                 title, f"{f['rps']:,.0f} req/s, p50 {f['p50']:.1f} ms, p99 {f['p99']:.1f} ms",
                 f"hello-world {limit['rps']:,.0f} req/s", f"{f['rps'] / limit['rps']:.2f}", "-", None,
                 f"JOBLOG_BENCH_WEB_ONLY=run JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
-                [f"{note}; wrk -t1 -c{CONNECTIONS} -d{duration}s; {f['requests']:,.0f} requests, {f['errors']:.0f} errors"]
+                [f"{note}; wrk -t1 -c{CONNECTIONS} -d{duration}s; {f['requests']:,.0f} requests, {f['errors']:.0f} errors; "
+                 f"the web's own CPU: {f['cpu_ms']:.2f} ms per request ({f['sys_ms']:.2f} in the kernel)"]
                 + ([f"before, same run ({baseline['tree']}, no ETag: full pages from its cache): {baseline[key]['rps']:,.0f} "
-                    f"req/s, p99 {baseline[key]['p99']:.1f} ms"] if baseline and key in baseline else []),
+                    f"req/s, p99 {baseline[key]['p99']:.1f} ms, its CPU {baseline[key]['cpu_ms']:.2f} ms per request"]
+                   if baseline and key in baseline else []),
                 {}, server,
             ))
     if "search" in rows:
@@ -330,7 +358,8 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
         "3c. Web `/healthz` (reference: the app's floor)", f"{floor['rps']:,.0f} req/s, p99 {floor['p99']:.1f} ms",
         f"hello-world {limit['rps']:,.0f} req/s", f"{floor['rps'] / limit['rps']:.2f}", "-", None,
         f"JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
-        ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work"], {}, server,
+        ["no target: it shows what the middlewares (security headers, metrics, error pages) cost before any page work; "
+         f"the web's own CPU: {floor['cpu_ms']:.2f} ms per request ({floor['sys_ms']:.2f} in the kernel)"], {}, server,
     ))
     if "guesses" in rows:
         results.append(await healthz_under_guesses(servers, dsn, duration))

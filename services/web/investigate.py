@@ -20,7 +20,7 @@ from services.web import db, investigate_db
 from services.web.errors import BadRequest, NotFound
 from services.web.keys import DIRECTORY, PAGE_CACHE, POOL, SETTINGS
 from services.web.present import (
-    Row, detail_items, epoch_ms, highlight, message_link, present_run, timeline_parts,
+    Row, badge_html, detail_items, epoch_ms, highlight, message_link, present_run, stats_items, timeline_parts,
 )
 
 SEARCH_PER_PAGE = 50
@@ -91,6 +91,7 @@ async def run_page(
     previous = found["previous_success"]
     return {
         **parts, "run": run, "after": after, "previous_success": previous if previous != name else None,
+        "badge_html": badge_html(run["state"]), "stats_html": stats_items(run["stats"]) if run["stats"] else "",
         "group": Row(runs=group[0], first_seen=group[1]) if group else None,
     }
 

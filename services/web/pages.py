@@ -15,6 +15,7 @@ from services.contracts.statuses import STATUSES
 from services.web import db, investigate, params, queries
 from services.web.accounts import account_of
 from services.web.keys import DIRECTORY, PAGE_CACHE, SETTINGS
+from services.web.present import level_options
 
 
 async def page_key(request: web.Request) -> tuple[Any, ...]:
@@ -83,8 +84,8 @@ async def run_detail(request: web.Request) -> web.Response:
     async def render() -> bytes:
         page = await investigate.run_page(
             request.app, name, after, at, params.levels_from(level), queries.DETAILS_PER_PAGE)
-        context = {**page, "level": level, "levels": params.LEVELS, "notice": params.notice(request),
-                   "account": account_of(request)}
+        context = {**page, "level": level, "level_options": level_options(params.LEVELS, level),
+                   "notice": params.notice(request), "account": account_of(request)}
         return aiohttp_jinja2.render_string("run.html", request, context).encode()
 
     body, etag = await request.app[PAGE_CACHE].tagged(await page_key(request), render)

@@ -347,3 +347,30 @@ def timeline_parts(name: str, segments: list[tuple[str, str, int, int, float, fl
         f'<li><a href="{link}{seq}#m{seq}" class="mono">{escape(key)}</a> <span class="muted">took</span> {format_duration(took)}</li>'
         for key, _level, seq, took, _x, _width in slowest)
     return Markup(rects), Markup(items)
+
+
+def badge_html(state: str) -> Markup:
+    """_macros.html's badge(state), built once per state (the run page's header)."""
+    return _BADGE_HTML[state]
+
+
+_BADGE_HTML = {
+    state: Markup(f'<span class="badge badge-{css}" title="Status: {label}"><span class="badge-icon" aria-hidden="true">{icon}</span>{label}</span>')
+    for state, (label, icon, css) in BADGES.items()
+}
+
+
+def level_options(levels: tuple[str, ...], chosen: str | None) -> Markup:
+    """The <option>s of a run page's level filter (the first: every level), `chosen` selected."""
+    chosen = chosen or levels[0]
+    return Markup("".join(
+        f'<option value="{"" if i == 0 else escape(level)}" {"selected" if level == chosen else ""}>'
+        f'{"All levels" if i == 0 else escape(level) + (" and above" if i < len(levels) - 1 else " only")}</option>'
+        for i, level in enumerate(levels)))
+
+
+def stats_items(stats: dict[str, Any]) -> Markup:
+    """A run's statistics as the <div><dt>key</dt><dd>value</dd></div> of a <dl> (numbers with thousands separators)."""
+    return Markup("".join(
+        f"<div><dt>{escape(key)}</dt><dd>{escape(f'{value:,}' if isinstance(value, (int, float)) else str(value))}</dd></div>"
+        for key, value in stats.items()))
