@@ -119,3 +119,15 @@ async def test_a_page_of_a_run_still_running_follows_its_messages(client, projec
     await settled(client, db)
     _, html = await page(client, "20261201080000")
     assert "Imported order SO-3" in html and "All orders imported" in html
+
+
+async def test_the_run_pages_completeness_expressions_agree_with_the_migrations_functions(db):
+    from services.web.investigate_db import SEQ_COUNT, SEQ_GAP
+
+    seen = "$1::text::int4multirange"
+    sql = (f"SELECT {SEQ_GAP.format(seen=seen)} AS gap, joblog_seq_gap({seen}) AS function_gap, "
+           f"{SEQ_COUNT.format(seen=seen)} AS count, joblog_seq_count({seen}) AS function_count")
+    for ranges in (None, "{}", "{[1,10)}", "{[2,10)}", "{[1,5),[6,10)}", "{[1,5),[2000000000,2000000001)}",
+                   "{[2000000000,2000000002)}", "{[3,4),[7,9)}"):
+        row = await db.fetchrow(sql, ranges)
+        assert (row["gap"], row["count"]) == (row["function_gap"], row["function_count"]), ranges
