@@ -179,20 +179,6 @@ SELECT CASE WHEN (SELECT start FROM b) = 0 THEN 0 ELSE COALESCE((
     ORDER BY first_seq OFFSET (SELECT start FROM b) - 1 LIMIT 1), 0) END
 """
 
-# joblog_seq_gap(seen) and joblog_seq_count(seen) (migration 0009) as expressions: SQL functions with a
-# FROM are not inlined, and each call site is set up again at every execution of the statement (~0.15 ms
-# of Postgres's CPU for the two, a third of a run page's statement); as subqueries they are planned once
-# with it. tests/web/test_run_page_cache.py checks they agree with the functions.
-SEQ_GAP = """(SELECT CASE
-        WHEN b IS NULL OR isempty(b) THEN NULL
-        WHEN lower(b) > 1 THEN 0
-        WHEN upper(b) <> (SELECT upper(x) FROM unnest(b) x LIMIT 1) THEN (SELECT upper(x) - 1 FROM unnest(b) x LIMIT 1)
-    END FROM (SELECT {seen} * '{{[1,2000000000)}}'::int4multirange AS b) s)"""
-SEQ_COUNT = """(SELECT COALESCE(sum(upper(x) - lower(x)), 0)::integer FROM unnest({seen} * '{{[1,2000000000)}}'::int4multirange) x)"""
-PAGE_RUN_COLUMNS = RUN_COLUMNS.replace("joblog_seq_gap(seen_seqs)", SEQ_GAP.format(seen="seen_seqs")).replace(
-    "joblog_seq_count(seen_seqs)", SEQ_COUNT.format(seen="seen_seqs"))
-assert "joblog_seq" not in PAGE_RUN_COLUMNS, "RUN_COLUMNS changed: keep PAGE_RUN_COLUMNS equal to it"
-
 # Everything a run page shows, in one round trip (issue 15): the run; unless the caller already holds the
 # page of messages of the run's `page_version` ($5), that page (one more row than asked, to tell whether
 # there is more), the count of its messages when the page does not hold them all, and the run's first
@@ -203,7 +189,7 @@ assert "joblog_seq" not in PAGE_RUN_COLUMNS, "RUN_COLUMNS changed: keep PAGE_RUN
 # (the recorder upserts the run with each batch of its events: last_seq, seen_seqs), xmin being the
 # transaction that wrote the row's current version; a rebuild writes new rows, a deletion removes it.
 RUN_PAGE = f"""
-WITH r AS (SELECT {PAGE_RUN_COLUMNS}, xmin::text || '/' || last_seq AS page_version FROM job_logs WHERE name = $1),
+WITH r AS (SELECT {RUN_COLUMNS}, xmin::text || '/' || last_seq AS page_version FROM job_logs WHERE name = $1),
      d AS (SELECT key, message, level, first_seq, seq, created_at, updated_at FROM job_log_details
            WHERE job_log_id = (SELECT id FROM r) AND first_seq > $2 AND ($4::text[] IS NULL OR level = ANY($4))
            ORDER BY first_seq LIMIT $3 + 1),

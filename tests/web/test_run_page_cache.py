@@ -121,8 +121,8 @@ async def test_a_page_of_a_run_still_running_follows_its_messages(client, projec
     assert "Imported order SO-3" in html and "All orders imported" in html
 
 
-async def test_the_run_pages_completeness_expressions_agree_with_the_migrations_functions(db):
-    from services.web.investigate_db import SEQ_COUNT, SEQ_GAP
+async def test_the_pages_completeness_expressions_agree_with_the_migrations_functions(db):
+    from services.web.db import SEQ_COUNT, SEQ_GAP
 
     seen = "$1::text::int4multirange"
     sql = (f"SELECT {SEQ_GAP.format(seen=seen)} AS gap, joblog_seq_gap({seen}) AS function_gap, "
