@@ -1,6 +1,7 @@
 """Profile the web process under wrk with py-spy (the evidence behind docs/performance.md's analysis).
 
     .venv/bin/python -m bench.profile_web /            # or /runs/<name>; writes .joblog/bench-profile-web_*.txt
+    .venv/bin/python -m bench.profile_web /runs/random # a run drawn at random from the dataset at each request
     .venv/bin/python -m bench.profile_web FILE         # summarize any py-spy raw profile, e.g. from JOBLOG_BENCH_PYSPY
 """
 from __future__ import annotations
@@ -8,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 from bench.common import ROOT, Servers, delete_streams, service_env, service_process
-from bench.web import wait_for_port, wrk
+
+from bench.web import detail_script, wait_for_port, wrk
 from bench.web_data import ensure_dataset
 from joblog.servers import free_port
 
@@ -21,15 +24,17 @@ async def main(path: str, seconds: int = 8) -> Path:
     out = ROOT / ".joblog" / f"bench-profile-web{path.replace('/', '_')}.txt"
     out.parent.mkdir(exist_ok=True)
     with Servers() as servers:
-        dsn, *_ = await ensure_dataset(servers)
+        dsn, runs, _details, _built = await ensure_dataset(servers)
         tag, port = uuid.uuid4().hex[:8], free_port()
         env = service_env(servers.nats_url, dsn, f"BENCH_PROF_{tag}", f"bench{tag}", JOBLOG_WEB_PORT=str(port))
         try:
-            with service_process("web", env) as process:
+            with service_process("web", env) as process, tempfile.TemporaryDirectory() as tmp:
                 wait_for_port(port)
+                script = detail_script(runs, Path(tmp)) if path == "/runs/random" else None
+                await asyncio.to_thread(wrk, f"http://127.0.0.1:{port}{path}", 2, script)  # warm up
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(process.pid),
                                         "--duration", str(seconds), "--format", "raw", "--output", str(out), "--nonblocking"])
-                await asyncio.to_thread(wrk, f"http://127.0.0.1:{port}{path}", seconds + 1)
+                await asyncio.to_thread(wrk, f"http://127.0.0.1:{port}{path}", seconds + 1, script)
                 spy.wait(30)
         finally:
             await delete_streams(servers.nats_url, f"BENCH_PROF_{tag}")

@@ -11,26 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger("joblog.web")
 
 
-class PageCache:
-    """A small LRU of rendered page bodies."""
+def etag_of(body: bytes) -> str:
+    """A page's entity tag: a digest of its bytes, so equal pages are equal tags whatever made them."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
-    def __init__(self, size: int = 512, max_age: float = 5.0) -> None:
+
+class PageCache:
+    """A small LRU of rendered page bodies (with their ETag), and the run pages' long parts (run_parts)."""
+
+    def __init__(self, size: int = 512, max_age: float = 5.0, run_parts_bytes: int = 32 * 1024 * 1024) -> None:
         self.size = size
         self.max_age = max_age
-        self._pages: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
-        self._rendering: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._pages: OrderedDict[Hashable, tuple[float, bytes, str]] = OrderedDict()
+        self._rendering: dict[Hashable, asyncio.Future[tuple[bytes, str]]] = {}
         self.hits = 0
         self.misses = 0
         self.projection: ProjectionVersion | None = None  # set while the app runs (services.web.app)
+        self.run_parts = RunParts(run_parts_bytes if size > 0 else 0)
 
     def known_version(self) -> int | None:
         """The projection's version as last announced, or None (not listening: ask the database)."""
@@ -38,17 +46,21 @@ class PageCache:
 
     async def page(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> bytes:
         """The page under key: cached, being rendered by another request, or rendered now."""
+        return (await self.tagged(key, render))[0]
+
+    async def tagged(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> tuple[bytes, str]:
+        """The page under key and its ETag (etag_of), as page() finds or renders it."""
         entry = self._pages.get(key)
         if entry is not None and time.monotonic() - entry[0] <= self.max_age:
             self._pages.move_to_end(key)
             self.hits += 1
-            return entry[1]
+            return entry[1], entry[2]
         pending = self._rendering.get(key)
         if pending is not None:
             self.hits += 1
-            return entry[1] if entry is not None else await asyncio.shield(pending)
+            return (entry[1], entry[2]) if entry is not None else await asyncio.shield(pending)
         self.misses += 1
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[bytes, str]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # waiters may be none
         self._rendering[key] = future
         try:
@@ -58,17 +70,67 @@ class PageCache:
             raise
         finally:
             del self._rendering[key]
-        future.set_result(body)
-        self._put(key, body)
-        return body
+        found = body, etag_of(body)
+        future.set_result(found)
+        self._put(key, *found)
+        return found
 
-    def _put(self, key: Hashable, body: bytes) -> None:
+    def _put(self, key: Hashable, body: bytes, etag: str) -> None:
         if self.size <= 0:
             return
-        self._pages[key] = (time.monotonic(), body)
+        self._pages[key] = (time.monotonic(), body, etag)
         self._pages.move_to_end(key)
         while len(self._pages) > self.size:
             self._pages.popitem(last=False)
+
+
+class RunParts:
+    """The long parts of finished runs' pages (their messages, timeline, counts), each under the run page's
+    key (name, after, levels) with the run's page version (investigate_db.RUN_PAGE): a page rendered again
+    because the projection moved, its run not, reuses them; its short parts (header, error group, previous
+    successful run, account) are rendered each time. An LRU bounded by the size of what it holds.
+
+    Only runs that have ended are kept: an open run's parts show time so far. A late event changes the
+    run's row and so its version (the parts are rendered again); a deleted run has no row (404), and its
+    parts age out."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._parts: OrderedDict[Hashable, tuple[str, dict[str, Any], int]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def version(self, key: Hashable) -> str | None:
+        """The run page version whose parts are held under key, if any."""
+        entry = self._parts.get(key)
+        return entry[0] if entry is not None else None
+
+    def get(self, key: Hashable, version: str) -> dict[str, Any] | None:
+        """The parts held under key for this version of the run, or None."""
+        entry = self._parts.get(key)
+        if entry is None or entry[0] != version:
+            self.misses += 1
+            return None
+        self._parts.move_to_end(key)
+        self.hits += 1
+        return entry[1]
+
+    def put(self, key: Hashable, version: str, parts: dict[str, Any], size: int) -> None:
+        """Keep parts (about `size` bytes) under key for this version, forgetting the least recently used beyond max_bytes."""
+        self.discard(key)
+        if size > self.max_bytes:
+            return
+        self._parts[key] = (version, parts, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, _, gone) = self._parts.popitem(last=False)
+            self.bytes -= gone
+
+    def discard(self, key: Hashable) -> None:
+        entry = self._parts.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
 
 
 class ProjectionVersion:

@@ -10,14 +10,18 @@ import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from aiohttp import web
 
+from services.contracts.statuses import TERMINAL
 from services.web import db, investigate_db
 from services.web.errors import BadRequest, NotFound
-from services.web.keys import DIRECTORY, POOL
-from services.web.present import Row, epoch_ms, highlight, message_link, present_run
+from services.web.keys import DIRECTORY, PAGE_CACHE, POOL, SETTINGS
+from services.web.present import (
+    Row, badge_html, detail_items, epoch_ms, highlight, message_link, present_run, stats_items, timeline_parts,
+)
 
 SEARCH_PER_PAGE = 50
 ERRORS_ON_SEARCH = 10
@@ -65,52 +69,82 @@ async def run_page(
 ) -> dict[str, Any]:
     """Everything a run page shows: the run, the page of messages (the one holding seq `at`, if given), each
     message's time until the next, the timeline, how complete its events are, its error's group, and the
-    run to compare it with."""
+    run to compare it with. One round trip (two for `at`); the long parts of a run that has ended are reused
+    while the run does not change (PageCache.run_parts), and then not even read."""
+    held = app[PAGE_CACHE].run_parts
     async with app[POOL].acquire() as conn:
-        found = await db.get_run(conn, name)
-        if found is None:
-            raise NotFound(f"There is no run named {name}. It may have been deleted.")
         if at is not None:
-            after = await investigate_db.page_after(conn, found["id"], at, per_page, levels)
-        rows = await db.list_details(conn, found["id"], after, per_page + 1, levels)
-        more = len(rows) > per_page
-        total = await db.count_details(conn, found["id"], levels) if more or after or levels else min(len(rows), per_page)
-        if after == 0 and not levels and not more:  # the page holds every message: the timeline is these
-            steps = [Row(row, next_at=rows[i + 1]["created_at"] if i + 1 < len(rows) else None) for i, row in enumerate(rows)]
-        else:
-            steps = await investigate_db.step_times(conn, found["id"], TIMELINE_STEPS + 1)
-        group = await investigate_db.error_group(conn, found["error_fingerprint"]) if found["error_fingerprint"] else None
-        previous = await investigate_db.previous_success(conn, found["job"], found["created_at"], found["id"])
+            after = await investigate_db.page_after(conn, name, at, per_page, levels)
+        key = (name, after, tuple(levels) if levels else None)
+        known = held.version(key)
+        found = await investigate_db.run_page(conn, name, after, per_page, levels, known, TIMELINE_STEPS + 1)
+    if found is None:
+        raise NotFound(f"There is no run named {name}. It may have been deleted.")
     run = present_run(found, app[DIRECTORY])
-    end = run["finished_at"] or (datetime.now(timezone.utc) if run["status"] == "processing" else run["updated_at"])
-    details = []
-    for i, row in enumerate(rows[:per_page]):
-        following = rows[i + 1]["created_at"] if i + 1 < len(rows) else (end if not more and not levels else None)
-        took = max(0, epoch_ms(following) - epoch_ms(row["created_at"])) if following and not levels else None
-        details.append(Row(row, took_ms=took, url=message_link(name, row["first_seq"])))
+    version = found["page_version"]
+    parts = held.get(key, version) if known == version else None
+    if parts is None:
+        parts = run_parts(run, found, after, levels, per_page, app[SETTINGS].zone)
+        if run["status"] in TERMINAL:  # an open run's parts show the time so far
+            held.put(key, version, parts, parts["size"])
+    group = found["error_group"]
+    previous = found["previous_success"]
     return {
-        "run": run, "details": details, "total_details": total, "after": after,
-        "next_after": rows[per_page - 1]["first_seq"] if more else None,
-        "timeline": timeline(run, steps[:TIMELINE_STEPS], end), "timeline_cut": len(steps) > TIMELINE_STEPS,
-        "group": group, "previous_success": previous if previous != name else None,
+        **parts, "run": run, "after": after, "previous_success": previous if previous != name else None,
+        "badge_html": badge_html(run["state"]), "stats_html": stats_items(run["stats"]) if run["stats"] else "",
+        "group": Row(runs=group[0], first_seen=group[1]) if group else None,
     }
 
 
-def timeline(run: dict[str, Any], steps: list[Any], end: datetime) -> dict[str, Any] | None:
-    """The run's steps as segments of a bar (x and width in per mille of the run) and the slowest of them."""
+def run_parts(run: dict[str, Any], found: asyncpg.Record, after: int, levels: list[str] | None, per_page: int,
+              zone: ZoneInfo) -> dict[str, Any]:
+    """The long parts of a run page, as HTML (present.detail_items, present.timeline_parts), from RUN_PAGE's row."""
+    rows = found["details"] or []
+    more = len(rows) > per_page
+    shown = rows[:per_page]
+    end = run["finished_at"] or (datetime.now(timezone.utc) if run["status"] == "processing" else run["updated_at"])
+    end_ms = epoch_ms(end)
+    times = [epoch_ms(row[5]) for row in rows]
+    # Each message's time until the next (the run's end after the last, when the page holds the run's end).
+    took: list[int | None]
+    if levels:
+        took = [None] * len(shown)
+    else:
+        took = [max(0, b - a) for a, b in zip(times, times[1:] if more else [*times[1:], end_ms])]
+    failed_step = run["failed_step"] if run["status"] == "error" else None
+    items = detail_items(run["name"], shown, failed_step, took, zone)
+    # The timeline: this page's rows when they are the whole run, else the run's first TIMELINE_STEPS steps.
+    if found["steps"] is None:
+        steps = [(row[0], row[2], row[3], at_ms, times[i + 1] if i + 1 < len(times) else None)
+                 for i, (row, at_ms) in enumerate(zip(rows, times))]
+    else:
+        steps = [(key, level, seq, epoch_ms(created_at), None if next_at is None else epoch_ms(next_at))
+                 for key, level, seq, created_at, next_at in found["steps"]]
+    line = timeline(run, steps[:TIMELINE_STEPS], end_ms)
+    rects, slowest = timeline_parts(run["name"], line["segments"], line["slowest"]) if line else ("", "")
+    return {
+        "details_html": items, "shown": len(shown), "total_details": found["total"] or 0,
+        "next_after": shown[-1][3] if more else None,
+        "timeline": {"span_ms": line["span_ms"], "count": len(line["segments"]), "rects": rects, "slowest": slowest} if line else None,
+        "timeline_cut": len(steps) > TIMELINE_STEPS, "size": len(items) + len(rects) + len(slowest) + 200,
+    }
+
+
+def timeline(run: dict[str, Any], steps: list[tuple[str, str, int, int, int | None]], end_ms: int) -> dict[str, Any] | None:
+    """The run's steps (key, level, first_seq, when it was logged and when the next one was, in ms since the
+    epoch) as segments of a bar (key, level, seq, took_ms, x and width in per mille of the run) and the
+    slowest five of them."""
     if not steps:
         return None
-    start = run["started_at"] or run["created_at"]
-    begin, finish = min(start, steps[0]["created_at"]), max(end, steps[-1]["created_at"])
-    span = max(1, epoch_ms(finish) - epoch_ms(begin))
+    origin = min(epoch_ms(run["started_at"] or run["created_at"]), steps[0][3])
+    last = max(end_ms, steps[-1][3])
+    span = max(1, last - origin)
+    scale = 1000 / span
     segments = []
-    for step in steps:
-        until = step["next_at"] or finish
-        took = max(0, epoch_ms(until) - epoch_ms(step["created_at"]))
-        x = (epoch_ms(step["created_at"]) - epoch_ms(begin)) * 1000 / span
-        segments.append(Row(key=step["key"], level=step["level"], seq=step["first_seq"], took_ms=took,
-                            x=round(x, 2), width=round(max(took * 1000 / span, 0.6), 2)))
-    slowest = sorted(segments, key=lambda s: (-s["took_ms"], s["seq"]))[:5]
+    for key, level, seq, at_ms, next_ms in steps:
+        took = max(0, (last if next_ms is None else next_ms) - at_ms)
+        segments.append((key, level, seq, took, round((at_ms - origin) * scale, 2), round(max(took * scale, 0.6), 2)))
+    slowest = sorted(segments, key=lambda s: (-s[3], s[2]))[:5]
     return {"segments": segments, "slowest": slowest, "span_ms": span}
 
 

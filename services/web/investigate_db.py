@@ -145,19 +145,6 @@ async def search_errors(conn: asyncpg.Connection, filters: dict[str, Any], limit
     return await conn.fetch(sql, *args)
 
 
-async def page_after(conn: asyncpg.Connection, run_id: uuid.UUID, seq: int, per_page: int, levels: list[str] | None) -> int:
-    """The `after` of the page of a run's messages (per_page a page, from the first) that holds the message at seq."""
-    before = await conn.fetchval(
-        "SELECT count(*) FROM job_log_details WHERE job_log_id = $1 AND first_seq < $2 AND ($3::text[] IS NULL OR level = ANY($3))",
-        run_id, seq, levels)
-    start = (before // per_page) * per_page
-    if start == 0:
-        return 0
-    return await conn.fetchval(
-        """SELECT first_seq FROM job_log_details WHERE job_log_id = $1 AND ($3::text[] IS NULL OR level = ANY($3))
-           ORDER BY first_seq OFFSET $2 LIMIT 1""", run_id, start - 1, levels)
-
-
 STEP_TIMES = """
 SELECT key, level, message, first_seq, created_at,
        lead(created_at) OVER (ORDER BY first_seq) AS next_at
@@ -172,25 +159,75 @@ async def step_times(conn: asyncpg.Connection, run_id: uuid.UUID, limit: int) ->
     return await conn.fetch(STEP_TIMES, run_id, limit)
 
 
-async def error_group(conn: asyncpg.Connection, fingerprint: str) -> asyncpg.Record:
-    """How many runs failed with this fingerprint, and since when."""
-    return await conn.fetchrow(
-        "SELECT count(*) AS runs, min(created_at) AS first_seen, max(created_at) AS last_seen FROM job_logs WHERE error_fingerprint = $1",
-        fingerprint)
-
-
 # A job that has not succeeded for this many runs has no "previous successful run" to compare with
 # (bounded, so a page of a job that always fails never scans all its runs).
 PREVIOUS_LOOKBACK = 1000
 
 
-async def previous_success(conn: asyncpg.Connection, job: str, created_at: datetime, run_id: uuid.UUID) -> str | None:
-    """The name of the job's last successful run before this one, among its previous PREVIOUS_LOOKBACK runs."""
-    return await conn.fetchval(
-        """SELECT name FROM (
-               SELECT name, status, created_at, id FROM job_logs WHERE job = $1 AND (created_at, id) < ($2, $3)
-               ORDER BY created_at DESC, id DESC LIMIT $4) r
-           WHERE status = 'success' ORDER BY created_at DESC, id DESC LIMIT 1""", job, created_at, run_id, PREVIOUS_LOOKBACK)
+async def page_after(conn: asyncpg.Connection, name: str, seq: int, per_page: int, levels: list[str] | None) -> int:
+    """The `after` of the page of a run's messages (per_page a page, from the first) that holds the message at seq
+    (0 for the first page, or for a run that does not exist: the page's own query says so)."""
+    return await conn.fetchval(PAGE_AFTER, name, seq, per_page, levels)
+
+
+PAGE_AFTER = """
+WITH r AS (SELECT id FROM job_logs WHERE name = $1),
+     b AS (SELECT (count(*) / $3) * $3 AS start FROM job_log_details
+           WHERE job_log_id = (SELECT id FROM r) AND first_seq < $2 AND ($4::text[] IS NULL OR level = ANY($4)))
+SELECT CASE WHEN (SELECT start FROM b) = 0 THEN 0 ELSE COALESCE((
+    SELECT first_seq FROM job_log_details WHERE job_log_id = (SELECT id FROM r) AND ($4::text[] IS NULL OR level = ANY($4))
+    ORDER BY first_seq OFFSET (SELECT start FROM b) - 1 LIMIT 1), 0) END
+"""
+
+# Everything a run page shows, in one round trip (issue 15): the run; unless the caller already holds the
+# page of messages of the run's `page_version` ($5), that page (one more row than asked, to tell whether
+# there is more), the count of its messages when the page does not hold them all, and the run's first
+# $6 steps with when the next was logged when the page's rows are not the whole run; its error's group
+# (how many runs failed with its fingerprint, since when); and the job's previous successful run among
+# its PREVIOUS_LOOKBACK runs before it. CTEs and subqueries in a CASE branch not taken are
+# never run. page_version moves with every change to the run's row, which every event of the run makes
+# (the recorder upserts the run with each batch of its events: last_seq, seen_seqs), xmin being the
+# transaction that wrote the row's current version; a rebuild writes new rows, a deletion removes it.
+RUN_PAGE = f"""
+WITH r AS (SELECT {RUN_COLUMNS}, xmin::text || '/' || last_seq AS page_version FROM job_logs WHERE name = $1),
+     d AS (SELECT key, message, level, first_seq, seq, created_at, updated_at FROM job_log_details
+           WHERE job_log_id = (SELECT id FROM r) AND first_seq > $2 AND ($4::text[] IS NULL OR level = ANY($4))
+           ORDER BY first_seq LIMIT $3 + 1),
+     page AS (SELECT $5::text IS DISTINCT FROM (SELECT page_version FROM r) AS wanted),
+     partial AS (SELECT $2 > 0 OR $4::text[] IS NOT NULL OR (SELECT count(*) FROM d) > $3 AS yes)
+SELECT r.*,
+       CASE WHEN (SELECT wanted FROM page) THEN
+           (SELECT array_agg(ROW(key, message, level, first_seq, seq, created_at, updated_at) ORDER BY first_seq) FROM d)
+       END AS details,
+       CASE WHEN (SELECT wanted FROM page) THEN
+           CASE WHEN (SELECT yes FROM partial) THEN
+               (SELECT count(*) FROM job_log_details WHERE job_log_id = r.id AND ($4::text[] IS NULL OR level = ANY($4)))
+           ELSE (SELECT count(*) FROM d) END
+       END AS total,
+       CASE WHEN (SELECT wanted FROM page) AND (SELECT yes FROM partial) THEN
+           (SELECT array_agg(ROW(key, level, first_seq, created_at, next_at) ORDER BY first_seq)
+            FROM (SELECT key, level, first_seq, created_at, lead(created_at) OVER (ORDER BY first_seq) AS next_at
+                  FROM (SELECT key, level, first_seq, created_at FROM job_log_details WHERE job_log_id = r.id
+                        ORDER BY first_seq LIMIT $6) s) t)
+       END AS steps,
+       CASE WHEN r.error_fingerprint IS NOT NULL THEN
+           (SELECT ROW(count(*), min(created_at)) FROM job_logs g WHERE g.error_fingerprint = r.error_fingerprint)
+       END AS error_group,
+       (SELECT name FROM (
+            SELECT name, status, created_at, id FROM job_logs p WHERE p.job = r.job AND (p.created_at, p.id) < (r.created_at, r.id)
+            ORDER BY created_at DESC, id DESC LIMIT {PREVIOUS_LOOKBACK}) x
+        WHERE status = 'success' ORDER BY created_at DESC, id DESC LIMIT 1) AS previous_success
+FROM r
+"""
+
+
+async def run_page(conn: asyncpg.Connection, name: str, after: int, per_page: int, levels: list[str] | None,
+                   known_version: str | None, steps: int) -> asyncpg.Record | None:
+    """A run page's row (RUN_PAGE): the run's columns, page_version, details (tuples: key, message, level,
+    first_seq, seq, created_at, updated_at; None when known_version is still the run's), total, steps (tuples:
+    key, level, first_seq, created_at, next_at; None when the details are the whole run), error_group
+    ((runs, first_seen) or None) and previous_success; None when there is no such run."""
+    return await conn.fetchrow(RUN_PAGE, name, after, per_page, levels, known_version, steps)
 
 
 FAILURE_GROUPS = """

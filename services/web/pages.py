@@ -15,6 +15,7 @@ from services.contracts.statuses import STATUSES
 from services.web import db, investigate, params, queries
 from services.web.accounts import account_of
 from services.web.keys import DIRECTORY, PAGE_CACHE, SETTINGS
+from services.web.present import level_options
 
 
 async def page_key(request: web.Request) -> tuple[Any, ...]:
@@ -71,17 +72,36 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def run_detail(request: web.Request) -> web.Response:
-    """One run: header, final statistics, and its details in the order they happened, a page at a time."""
+    """One run: header, final statistics, and its details in the order they happened, a page at a time.
+
+    Cached like the index (per projection version); a miss reuses the long parts of a run that has ended
+    while the run does not change (investigate.run_page). Every answer carries its ETag: a browser that
+    sends it back (If-None-Match) gets a 304 while the page it has is the page it would get."""
     after = params.after(request)
     name = params.run_name(request)
     at, level = params.at(request), params.level(request)
 
-    async def load() -> dict[str, Any]:
+    async def render() -> bytes:
         page = await investigate.run_page(
             request.app, name, after, at, params.levels_from(level), queries.DETAILS_PER_PAGE)
-        return {**page, "level": level, "levels": params.LEVELS, "notice": params.notice(request)}
+        context = {**page, "level": level, "level_options": level_options(params.LEVELS, level),
+                   "notice": params.notice(request), "account": account_of(request)}
+        return aiohttp_jinja2.render_string("run.html", request, context).encode()
 
-    return await cached(request, "run.html", load)
+    body, etag = await request.app[PAGE_CACHE].tagged(await page_key(request), render)
+    # The page depends on who asks (the header, the action buttons): only the browser keeps it, and asks again.
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
+    sent = _entity_tags(request.headers.get("If-None-Match", ""))
+    if etag in sent or "*" in sent:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
+
+
+def _entity_tags(header: str) -> tuple[str, ...]:
+    """The tags of an If-None-Match header ("*" matches any; a weak W/ tag compares as its strong one)."""
+    if not header:
+        return ()
+    return tuple(t.strip().removeprefix("W/") for t in header.split(","))
 
 
 @aiohttp_jinja2.template("open_orders.html")
