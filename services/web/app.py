@@ -101,6 +101,7 @@ def create_app(settings: WebSettings) -> web.Application:
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=jinja2.select_autoescape(default=True),
+        auto_reload=False,  # templates ship with the code: no file checks per render (a restart picks up edits)
     )
     install_filters(env, settings)
     app.cleanup_ctx.append(_postgres)
