@@ -144,6 +144,7 @@ class Recorder:
         self.dead_lettered = 0
         self.sub: Any = None
         self._checked_at = 0.0
+        self._conn: asyncpg.Connection | None = None
         self.reaper_wake = asyncio.Event()  # the reaper's, once it runs (retention.py)
 
     async def subscribe(self) -> Any:
@@ -153,6 +154,12 @@ class Recorder:
     async def consume(self, stopping: asyncio.Event, sub: Any = None) -> None:
         """Fetch and apply batches until stopping; the next batch is fetched and reduced while this one commits."""
         self.sub = sub or await self.subscribe()
+        try:
+            await self._consume(stopping)
+        finally:
+            await self._drop_connection()
+
+    async def _consume(self, stopping: asyncio.Event) -> None:
         prefetched: asyncio.Task[tuple[list[Msg], Reduced]] | None = None
         while not stopping.is_set():
             fetching = prefetched or asyncio.create_task(self.prepare())
@@ -194,9 +201,12 @@ class Recorder:
             await asyncio.sleep(0.5)
             await self.recreate_if_gone()
             return []
-        if self.settings.recorder_batch_size > 1:
+        # The first message says how many more wait (JetStream's num_pending): ask for exactly those, so
+        # the fetch returns as soon as they are here instead of lingering for a full batch.
+        more = min(self.settings.recorder_batch_size - 1, _pending(messages[0], self.settings.recorder_batch_size))
+        if more > 0:
             with contextlib.suppress(Exception):
-                messages += await sub.fetch(self.settings.recorder_batch_size - 1, timeout=0.01)
+                messages += await sub.fetch(more, timeout=0.01)
         return messages
 
     async def recreate_if_gone(self, every: float = 5.0) -> None:
@@ -226,20 +236,14 @@ class Recorder:
         error (a bug) is retried by redelivery, and past max deliveries it is isolated the same way.
         """
         batches, letters, last_seq = reduced or reduce(messages, self.settings)
+        position = db.Position(self.settings.recorder_consumer, last_seq, _last_event_at(batches), _events(batches))
         backoff = 0.2
         while True:
             try:
-                reaper_work = False
-                async with self.pool.acquire() as conn:
-                    async with conn.transaction():
-                        for batch in batches:
-                            reaper_work = await db.apply_batch(conn, batch) or reaper_work
-                        await db.store_dead_letters(conn, letters, self.settings.dead_letter_payload_bytes)
-                        await db.track_position(
-                            conn, self.settings.recorder_consumer, last_seq, _last_event_at(batches), _events(batches)
-                        )
+                reaper_work = await self._write(batches, letters, position)
                 break
             except TRANSIENT as error:
+                await self._drop_connection()
                 if is_refused(error):
                     await self._isolate(messages, stopping, error)
                     return
@@ -263,6 +267,34 @@ class Recorder:
         self.applied += _events(batches)
         self.dead_lettered += len(letters)
 
+    async def _write(self, batches: list[Batch], letters: list[Letter], position: db.Position) -> bool:
+        """Commit the batches, their dead letters and the consumer's position; True when the reaper has work.
+
+        The common batch (no deletion) is one statement, atomic on its own: one round trip."""
+        conn = await self._connection()
+        keep = self.settings.dead_letter_payload_bytes
+        if len(batches) == 1 and not batches[0].deletions:
+            return await db.apply_batch(conn, batches[0], position=position, letters=letters, keep=keep)
+        reaper_work = False
+        async with conn.transaction():
+            for batch in batches[:-1]:
+                reaper_work = await db.apply_batch(conn, batch) or reaper_work
+            return await db.apply_batch(conn, batches[-1], position=position, letters=letters, keep=keep) or reaper_work
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The connection batches are written on, kept between them (a connection handed back to the pool
+        is reset there: a round trip of its own in every batch)."""
+        if self._conn is None:
+            self._conn = await self.pool.acquire()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        """Give the connection back (the pool replaces a broken one); the next batch takes a fresh one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn, timeout=5)
+
     async def _isolate(self, messages: list[Msg], stopping: asyncio.Event, error: Exception) -> None:
         """Bisect a batch that failed for good down to the message at fault; dead-letter that one."""
         if len(messages) > 1:
@@ -276,10 +308,9 @@ class Recorder:
         else:
             reason = letter(message, f"failed {_deliveries(messages)} deliveries: {type(error).__name__}: {error}")
         log.warning("dead-lettered a message", subject=message.subject, stream_seq=reason[3], reason=reason[2])
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                await db.store_dead_letters(conn, [reason], self.settings.dead_letter_payload_bytes)
-                await db.track_position(conn, self.settings.recorder_consumer, reason[3] or 0, None, 0)
+        conn = await self._connection()
+        await db.apply_batch(conn, Batch(), position=db.Position(self.settings.recorder_consumer, reason[3] or 0, None, 0),
+                             letters=[reason], keep=self.settings.dead_letter_payload_bytes)
         await message.ack()
         self.dead_lettered += 1
 
@@ -321,6 +352,14 @@ def reduce(messages: list[Msg], settings: RecorderSettings) -> Reduced:
             batches.append(Batch())
         batches[-1].add(event, seq)
     return batches, letters, last_seq
+
+
+def _pending(message: Msg, unknown: int) -> int:
+    """How many messages the consumer held after this one when it was delivered (unknown: when it cannot say)."""
+    try:
+        return int(message.metadata.num_pending)
+    except Exception:
+        return unknown
 
 
 def _stream_seq(message: Msg) -> int | None:
