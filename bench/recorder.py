@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -19,7 +21,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bench.common import (
     PYTHON,
     ROOT,
+    create_database,
     delete_streams,
+    drop_database,
     Result,
     Servers,
     median,
@@ -141,6 +145,24 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
                 timeout=900)).stdout.split())
             limit = max(plain, ahead)
             env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_BATCH_SIZE=str(batch))
+            before = ""
+            baseline = _baseline()
+            if baseline is not None:
+                # The other checkout's recorder first, on a database of its own and a consumer of its own.
+                other = await create_database(servers, f"joblog_bench_rec_before_{uuid.uuid4().hex[:8]}")
+                try:
+                    other_conn = await asyncpg.connect(other)
+                    try:
+                        old_rate, old_done, _ = await recorder_rate(
+                            other_conn, {**env, "JOBLOG_DATABASE_URL": other, "JOBLOG_RECORDER_CONSUMER": "bench_before"},
+                            len(messages), baseline)
+                        old_exact = old_done and await _exact(other_conn, runs, details)
+                    finally:
+                        await other_conn.close()
+                finally:
+                    await drop_database(servers, other.rsplit("/", 1)[1])
+                before = (f"before, same run ({baseline}): {old_rate:,.0f} events/s, {old_rate / limit if limit else 0:.2f} "
+                          f"of the same limit, exact: {old_exact}")
             rate, done, rss = await recorder_rate(conn, env, len(messages))
             rows = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
                                        " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
@@ -154,16 +176,29 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
         f"{ratio:.2f}", ">= 0.95 of raw pull+ack", ratio >= 0.95 and complete,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_throughput",
         [f"{len(messages):,} events ({runs:,} runs, {details:,} details); the limit and the recorder each run as their own process; publish rate {publish_rate:,.0f} events/s; "
-         f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)"],
+         f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)"]
+        + ([before] if before else []),
         {"ratio": ratio >= 0.95, "exact": complete}, server,
     )
     return [result], {"recorder (throughput)": rss}
 
 
-async def recorder_rate(conn: asyncpg.Connection, env: dict[str, str], total: int) -> tuple[float, bool, float]:
-    """`python -m joblog recorder` as its own process on a stream already holding total events:
-    (events/s from its first committed batch to the last, whether all were applied, its peak RSS)."""
-    with service_process("recorder", env) as process:
+def _baseline() -> Path | None:
+    """JOBLOG_BENCH_BASELINE=<another checkout> (e.g. /work/main): its recorder too, in the same run (before/after)."""
+    tree = os.environ.get("JOBLOG_BENCH_BASELINE")
+    return Path(tree).resolve() if tree else None
+
+
+async def _exact(conn: asyncpg.Connection, runs: int, details: int) -> bool:
+    row = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
+                              " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
+    return bool(row["runs"] == runs and row["details"] == details and row["ok"] == runs)
+
+
+async def recorder_rate(conn: asyncpg.Connection, env: dict[str, str], total: int, tree: Path = ROOT) -> tuple[float, bool, float]:
+    """`python -m joblog recorder` (of the checkout `tree`) as its own process on a stream already holding
+    total events: (events/s from its first committed batch to the last, whether all were applied, its peak RSS)."""
+    with service_process("recorder", env, tree) as process:
         # Time from the first committed batch, so the process's start-up is not counted.
         await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
         first_at, first = time.perf_counter(), await applied(conn)
@@ -295,24 +330,15 @@ def _occurred(payload: bytes) -> float:
     return datetime.fromisoformat(json.loads(payload)["occurred_at"].replace("Z", "+00:00")).timestamp()
 
 
-async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]]:
-    """Benchmark 2: projection lag at a steady 2,000 events/s, against a raw publish->consume round trip."""
-    rate, seconds = 2000, 15.0 if scale() >= 1 else 8.0
+async def lag_round(servers: Servers, rate: int, seconds: float, tree: Path = ROOT) -> tuple[list[float], int, list[float], float]:
+    """The recorder of checkout `tree` on a fresh database and stream while steps are published at rate/s:
+    (each event's lag in ms, events sent, the watcher's poll times, the recorder's peak RSS)."""
     async with scratch(servers, "lag") as (dsn, stream, prefix):
         subjects = Subjects(prefix=prefix, stream=stream)
         nc = await nats.connect(servers.nats_url)
         try:
             js = nc.jetstream(timeout=30)
-            server = server_of(nc)
             await ensure_streams(js, subjects)
-            # The limit runs on a stream of its own, so its events never reach the recorder.
-            raw = Subjects(prefix=f"{prefix}raw", stream=f"{stream}_RAW")
-            await ensure_streams(js, raw)
-            try:
-                limit_lags = await raw_round_trip(nc, js, raw, rate, seconds)
-            finally:
-                await delete_streams(servers.nats_url, raw.stream)
-            commits = await commit_latency(dsn)
             # Twenty runs in progress (created and started), then a steady stream of their steps.
             run_ids = [uuid.uuid4() for _ in range(20)]
             start = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -322,7 +348,7 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
                               RunStarted(**common, seq=2, worker_id="bench-worker", host="bench-host", pid=1)):
                     await js.publish(subjects.for_event(event), event.model_dump_json().encode())
             env = service_env(servers.nats_url, dsn, stream, prefix)
-            with service_process("recorder", env) as process:
+            with service_process("recorder", env, tree) as process:
                 conn = await asyncpg.connect(dsn)
                 try:
                     await wait_until(lambda: _reached(conn, 40), timeout=60, interval=0.02)
@@ -340,7 +366,34 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
                 rss = peak_rss_mb(process.pid)
         finally:
             await nc.close()
-    lags = watcher.lags
+    return watcher.lags, count, watcher.poll_ms, rss
+
+
+async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]]:
+    """Benchmark 2: projection lag at a steady 2,000 events/s, against a raw publish->consume round trip."""
+    rate, seconds = 2000, 15.0 if scale() >= 1 else 8.0
+    async with scratch(servers, "lagraw") as (dsn, stream, prefix):
+        nc = await nats.connect(servers.nats_url)
+        try:
+            js = nc.jetstream(timeout=30)
+            server = server_of(nc)
+            # The limit runs on a stream of its own, so its events never reach a recorder.
+            raw = Subjects(prefix=f"{prefix}raw", stream=f"{stream}_RAW")
+            await ensure_streams(js, raw)
+            try:
+                limit_lags = await raw_round_trip(nc, js, raw, rate, seconds)
+            finally:
+                await delete_streams(servers.nats_url, raw.stream)
+        finally:
+            await nc.close()
+        commits = await commit_latency(dsn)
+    before = ""
+    baseline = _baseline()
+    if baseline is not None:
+        old, old_count, _, _ = await lag_round(servers, rate, seconds, baseline)
+        before = (f"before, same run ({baseline}): p50 {percentile(old, 50):.1f} ms, p99 {percentile(old, 99):.1f} ms, "
+                  f"{len(old):,} of {old_count:,} seen")
+    lags, count, poll_ms, rss = await lag_round(servers, rate, seconds)
     p50, p99, limit_p50, limit_p99 = percentile(lags, 50), percentile(lags, 99), percentile(limit_lags, 50), percentile(limit_lags, 99)
     commit_p50, commit_p99 = percentile(commits, 50), percentile(commits, 99)
     result = Result(
@@ -350,7 +403,7 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
         f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 20 ms", p99 < 20 and len(lags) >= count,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_lag",
         [f"{count:,} step events at {rate:,}/s for {seconds:.0f} s over 20 runs; {len(lags):,} seen visible; "
-         f"visibility polled every ~2 ms (poll query median {median(watcher.poll_ms):.1f} ms, part of the figure); "
-         f"max {max(lags or [0]):.0f} ms"], {}, server,
+         f"visibility polled every ~2 ms (poll query median {median(poll_ms):.1f} ms, part of the figure); "
+         f"max {max(lags or [0]):.0f} ms"] + ([before] if before else []), {}, server,
     )
     return [result], {"recorder (lag)": rss}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import nats
@@ -152,45 +152,59 @@ class Recorder:
         return await self.js.pull_subscribe_bind(self.settings.recorder_consumer, stream=self.settings.stream)
 
     async def consume(self, stopping: asyncio.Event, sub: Any = None) -> None:
-        """Fetch and apply batches until stopping; the next batch is fetched and reduced while this one commits."""
-        self.sub = sub or await self.subscribe()
-        try:
-            await self._consume(stopping)
-        finally:
-            await self._drop_connection()
+        """Fetch and apply batches until stopping.
 
-    async def _consume(self, stopping: asyncio.Event) -> None:
-        prefetched: asyncio.Task[tuple[list[Msg], Reduced]] | None = None
-        while not stopping.is_set():
-            fetching = prefetched or asyncio.create_task(self.prepare())
-            prefetched = None
-            messages, reduced = await fetching
-            if not messages:
-                continue
-            prefetched = asyncio.create_task(self.prepare())
-            try:
-                await self.apply(messages, stopping, reduced)
-            except Exception:
-                # Not a known outage: keep the recorder up, and have the batch delivered again soon.
-                log.exception("applying a batch failed unexpectedly; it will be redelivered")
-                for message in messages:
-                    with contextlib.suppress(Exception):
-                        await message.nak(delay=1)
-                await asyncio.sleep(1)
-        if prefetched is not None:
-            for message in (await prefetched)[0]:  # not applied: let another recorder have them now
+        Two loops: one fetches messages as they come and folds them into the next batch (Pending), the
+        other applies whatever is folded each time the previous batch has committed. So an event waits
+        for the batch in flight and then its own, never for a batch fetched before it arrived; under a
+        backlog the next batch is fetched and reduced while this one commits."""
+        self.sub = sub or await self.subscribe()
+        pending = Pending(self.settings)
+        fetching = asyncio.create_task(self._fetch_into(pending, stopping), name="recorder-fetch")
+        try:
+            while True:
+                taken = await pending.take()
+                if taken is None:
+                    break  # stopping, and nothing left to apply
+                messages, reduced = taken
+                try:
+                    await self.apply(messages, stopping, reduced)
+                except Exception:
+                    # Not a known outage: keep the recorder up, and have the batch delivered again soon.
+                    log.exception("applying a batch failed unexpectedly; it will be redelivered")
+                    for message in messages:
+                        with contextlib.suppress(Exception):
+                            await message.nak(delay=1)
+                    await asyncio.sleep(1)
+                if stopping.is_set():
+                    break
+        finally:
+            stopping.set()
+            pending.stop()
+            await fetching
+            for message in pending.messages:  # fetched, not applied: let another recorder have them now
                 with contextlib.suppress(Exception):
                     await message.nak()
+            await self._drop_connection()
 
-    async def prepare(self) -> tuple[list[Msg], Reduced]:
-        messages = await self.fetch(self.sub)
-        return messages, reduce(messages, self.settings)
+    async def _fetch_into(self, pending: Pending, stopping: asyncio.Event) -> None:
+        """Fetch into pending until stopping, never holding more than a batch that is not applied yet."""
+        try:
+            while not stopping.is_set():
+                room = await pending.room()
+                if room:
+                    pending.add(await self.fetch(self.sub, room))
+        finally:
+            pending.stop()
 
-    async def fetch(self, sub: Any) -> list[Msg]:
-        """The next batch: wait up to a second for its first message, then take what is already there.
+    async def fetch(self, sub: Any, room: int | None = None) -> list[Msg]:
+        """The next messages, at most room (a batch): wait up to a second for the first, then take what
+        is already there.
 
         nats-py's fetch(n), once it has to linger, waits for all n or its timeout, which would hold
-        a trickle of events back for up to the timeout; so it lingers for one message only."""
+        a trickle of events back for up to the timeout; so it lingers for one message only, and then
+        asks for exactly as many as JetStream says are waiting."""
+        room = room or self.settings.recorder_batch_size
         try:
             messages: list[Msg] = await sub.fetch(1, timeout=1)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -201,9 +215,7 @@ class Recorder:
             await asyncio.sleep(0.5)
             await self.recreate_if_gone()
             return []
-        # The first message says how many more wait (JetStream's num_pending): ask for exactly those, so
-        # the fetch returns as soon as they are here instead of lingering for a full batch.
-        more = min(self.settings.recorder_batch_size - 1, _pending(messages[0], self.settings.recorder_batch_size))
+        more = min(room - 1, _pending(messages[0], room))
         if more > 0:
             with contextlib.suppress(Exception):
                 messages += await sub.fetch(more, timeout=0.01)
@@ -315,6 +327,47 @@ class Recorder:
         self.dead_lettered += 1
 
 
+class Pending:
+    """Messages fetched and folded into the next batch, waiting for the batch in flight to commit."""
+
+    def __init__(self, settings: RecorderSettings) -> None:
+        self.settings = settings
+        self.messages: list[Msg] = []
+        self.reduced: Reduced = ([Batch()], [], 0)
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def add(self, messages: list[Msg]) -> None:
+        if messages:
+            self.messages += messages
+            self.reduced = reduce(messages, self.settings, self.reduced)
+            self._changed.set()
+
+    def stop(self) -> None:
+        """Fetch no more (the fetching loop stopped, or the recorder is stopping)."""
+        self._closed = True
+        self._changed.set()
+
+    async def take(self) -> tuple[list[Msg], Reduced] | None:
+        """Everything folded so far, once there is something; None once closed with nothing left."""
+        while not self.messages:
+            if self._closed:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        taken = self.messages, self.reduced
+        self.messages, self.reduced = [], ([Batch()], [], 0)
+        self._changed.set()
+        return taken
+
+    async def room(self) -> int:
+        """How many more messages may be fetched now: waits while a whole batch waits (0 once stopped)."""
+        while len(self.messages) >= self.settings.recorder_batch_size and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+        return 0 if self._closed else self.settings.recorder_batch_size - len(self.messages)
+
+
 def _events(batches: list[Batch]) -> int:
     return sum(batch.events for batch in batches)
 
@@ -333,16 +386,25 @@ def _deliveries(messages: list[Msg]) -> int:
     return most
 
 
-def reduce(messages: list[Msg], settings: RecorderSettings) -> Reduced:
-    """Messages as projection batches (a new one after each deletion), their dead letters, the highest stream seq."""
-    batches = [Batch()]
-    letters: list[Letter] = []
-    last_seq = 0
+class _Routes(NamedTuple):
+    """The subjects classify() tells apart, formatted once per batch instead of once per message."""
+
+    retention: str
+    actions: str
+    schedules: str
+
+
+def reduce(messages: list[Msg], settings: RecorderSettings, into: Reduced | None = None) -> Reduced:
+    """Messages as projection batches (a new one after each deletion), their dead letters, the highest
+    stream seq; folded into what `into` holds already, if given."""
+    batches, letters, last_seq = into or ([Batch()], [], 0)
+    subjects = settings.subjects
+    routes = _Routes(subjects.retention, subjects.actions, subjects.schedules)
     for message in messages:
         seq = _stream_seq(message)
         last_seq = max(last_seq, seq or 0)
         try:
-            event = classify(message, settings.max_event_bytes, settings.subjects)
+            event = classify(message, settings.max_event_bytes, routes)
         except DeadLetter as reason:
             log.warning("dead-lettered a message", subject=message.subject, stream_seq=seq, reason=str(reason),
                         event_id=(message.headers or {}).get("Nats-Msg-Id"))
@@ -363,6 +425,18 @@ def _pending(message: Msg, unknown: int) -> int:
 
 
 def _stream_seq(message: Msg) -> int | None:
+    """The message's stream sequence, read from its ack subject (cheaper than nats-py's whole metadata):
+    $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.... or, with domain and account hash,
+    $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<stream seq>...."""
+    tokens = (message.reply or "").split(".")
+    try:
+        if tokens[0] == "$JS" and tokens[1] == "ACK":
+            if len(tokens) == 9:
+                return int(tokens[5])
+            if len(tokens) >= 11:
+                return int(tokens[7])
+    except (IndexError, ValueError):
+        pass
     try:
         return message.metadata.sequence.stream
     except Exception:
