@@ -36,7 +36,9 @@ from bench.common import (
     service_process,
     wait_until,
 )
-from services.contracts import RunCreated, RunStarted, RunSucceeded, StepLogged, Subjects
+from services.contracts import RunCreated, RunStarted, RunSucceeded, StepLogged, Subjects, parse_event
+from services.log_recorder import db
+from services.log_recorder.projection import Batch
 from services.contracts.subjects import ensure_streams
 from services.log_recorder.settings import RecorderSettings
 
@@ -85,13 +87,13 @@ async def publish_all(js, messages: list[tuple[str, str, bytes]]) -> float:  # t
     return len(messages) / (time.perf_counter() - started)
 
 
-async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool = False) -> float:  # type: ignore[no-untyped-def]
+async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool = False, tag: str = "") -> float:  # type: ignore[no-untyped-def]
     """The limit for a consumer: fetch batches and ack every message, doing nothing else. Events/s.
 
     The consumer is configured as the recorder's is (services/log_recorder/main.py consumer_config):
     the whole stream, no subject filter. With ahead, the next fetch is already under way while a
     batch is acked (as a pipelined consumer would)."""
-    durable = f"bench_raw_{'ahead' if ahead else 'plain'}"
+    durable = f"bench_raw_{'ahead' if ahead else 'plain'}{tag}"
     await js.add_consumer(stream, ConsumerConfig(
         name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         max_ack_pending=50_000, max_deliver=-1))
@@ -144,6 +146,7 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
                                  str(len(messages)), str(batch)], cwd=ROOT, capture_output=True, text=True, check=True,
                 timeout=900)).stdout.split())
             limit = max(plain, ahead)
+            loaded, sql_rate = await raw_beside_postgres(servers, stream, messages, batch, limit)
             env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_BATCH_SIZE=str(batch))
             before = ""
             baseline = _baseline()
@@ -176,11 +179,52 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
         f"{ratio:.2f}", ">= 0.95 of raw pull+ack", ratio >= 0.95 and complete,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_throughput",
         [f"{len(messages):,} events ({runs:,} runs, {details:,} details); the limit and the recorder each run as their own process; publish rate {publish_rate:,.0f} events/s; "
-         f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)"]
+         f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)",
+         f"the ceiling on these cores: raw pull+ack again while the recorder's SQL for the same events runs beside it "
+         f"at the limit's pace (pre-parsed batches of {batch}, {sql_rate:,.0f} events/s): {loaded:,.0f} events/s, "
+         f"{loaded / limit if limit else 0:.2f} of the limit; the recorder is {rate / loaded if loaded else 0:.2f} of that"]
         + ([before] if before else []),
         {"ratio": ratio >= 0.95, "exact": complete}, server,
     )
     return [result], {"recorder (throughput)": rss}
+
+
+async def raw_beside_postgres(servers: Servers, stream: str, messages: list[tuple[str, str, bytes]], batch: int,
+                              pace: float) -> tuple[float, float]:
+    """The ceiling of the ratio for one recorder process on these cores: the raw consumer again (its own
+    process, consumers of its own) while the recorder's SQL for the same events (parsed and reduced
+    beforehand, so no Python parse in it) is applied to a scratch database at `pace` events/s (the raw
+    rate: what a recorder keeping up with the limit would ask of Postgres). (raw events/s, SQL events/s)."""
+    events = [parse_event(p) for _, _, p in messages]
+    batches = []
+    for first in range(0, len(events), batch):
+        reduced = Batch()
+        for seq, event in enumerate(events[first:first + batch], first + 1):
+            reduced.add(event, seq)
+        batches.append(reduced)
+    other = await create_database(servers, f"joblog_bench_rec_floor_{uuid.uuid4().hex[:8]}")
+    try:
+        conn = await asyncpg.connect(other)
+        raw = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream, str(len(messages)), str(batch), "_floor",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        applied_events, began = 0, time.perf_counter()
+        try:
+            while raw.returncode is None:
+                for reduced in batches:
+                    position = db.Position("floor", applied_events, reduced.last_event_at, reduced.events)
+                    await db.apply_batch(conn, reduced, position=position)
+                    applied_events += reduced.events
+                    await asyncio.sleep(max(0.0, began + applied_events / pace - time.perf_counter()))
+                    if raw.returncode is not None:  # set by the loop when the child exits
+                        break
+            elapsed = time.perf_counter() - began
+            out, _ = await raw.communicate()
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(servers, other.rsplit("/", 1)[1])
+    return float(out.split()[0]), applied_events / elapsed
 
 
 def _baseline() -> Path | None:
