@@ -208,7 +208,9 @@ WHERE t.name = s.name AND t.purged_at IS NOT NULL
 # - the spares read job_logs before this batch's upsert (they ran before it as statements too), and a
 #   name comes once with its lowest stream seq, so spare (seq after the deletion) and unspare (seq
 #   before it) never touch the same row;
-# - details go to runs that existed already or that this statement writes (runs_written).
+# - details go to the runs this statement writes (runs_written: every run of the batch but a deleted
+#   one; a detail's run is always in its batch), so a deleted run gets no detail even while the
+#   reaper has yet to remove its rows, which it then does anyway.
 # The final SELECT reads the parts in order, which runs them in that order (a CTE runs when first
 # read): every writer locks rows as the statements did one by one (runs, details, the version row,
 # the consumer's position), so recorders sharing a consumer never deadlock. Statement triggers on
@@ -221,8 +223,7 @@ _PARTS: dict[str, tuple[str, str, int]] = {  # part: (CTE name, statement, param
     "rearm": ("rearmed", REARM_PURGE, 2),
     "details": ("details_written", UPSERT_DETAILS.replace(
         "WHERE EXISTS (SELECT 1 FROM {runs} r WHERE r.id = s.run_id)  -- not a deleted run",
-        "WHERE (EXISTS (SELECT 1 FROM {runs} r WHERE r.id = s.run_id) OR s.run_id IN (SELECT id FROM runs_written))"
-        "  -- not a deleted run"), 9),
+        "WHERE s.run_id IN (SELECT id FROM runs_written)  -- not a deleted run"), 9),
     "actions": ("actions_written", INSERT_ACTIONS, 9),
     "schedules": ("schedules_written", UPSERT_SCHEDULE_STATES, 7),
     "letters": ("letters_written", INSERT_DEAD_LETTERS, 5),
