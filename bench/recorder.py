@@ -148,27 +148,13 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
             limit = max(plain, ahead)
             loaded, sql_rate = await raw_beside_postgres(servers, stream, messages, batch, limit)
             env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_BATCH_SIZE=str(batch))
-            before = ""
-            baseline = _baseline()
-            if baseline is not None:
-                # The other checkout's recorder first, on a database of its own and a consumer of its own.
-                other = await create_database(servers, f"joblog_bench_rec_before_{uuid.uuid4().hex[:8]}")
-                try:
-                    other_conn = await asyncpg.connect(other)
-                    try:
-                        old_rate, old_done, _ = await recorder_rate(
-                            other_conn, {**env, "JOBLOG_DATABASE_URL": other, "JOBLOG_RECORDER_CONSUMER": "bench_before"},
-                            len(messages), baseline)
-                        old_exact = old_done and await _exact(other_conn, runs, details)
-                    finally:
-                        await other_conn.close()
-                finally:
-                    await drop_database(servers, other.rsplit("/", 1)[1])
-                before = (f"before, same run ({baseline}): {old_rate:,.0f} events/s, {old_rate / limit if limit else 0:.2f} "
-                          f"of the same limit, exact: {old_exact}")
             rate, done, rss = await recorder_rate(conn, env, len(messages))
             rows = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
                                        " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
+            before = ""
+            baseline = _baseline()
+            if baseline is not None:
+                before = await alternating_rounds(servers, env, stream, len(messages), batch, runs, details, baseline)
         finally:
             await conn.close()
             await nc.close()
@@ -225,6 +211,36 @@ async def raw_beside_postgres(servers: Servers, stream: str, messages: list[tupl
     finally:
         await drop_database(servers, other.rsplit("/", 1)[1])
     return float(out.split()[0]), applied_events / elapsed
+
+
+async def alternating_rounds(servers: Servers, env: dict[str, str], stream: str, total: int, batch: int,
+                             runs: int, details: int, baseline: Path, rounds: int = 3) -> str:
+    """Before/after on a shared, noisy machine: rounds of (the limit, the other checkout's recorder, this
+    one's), each recorder on a database and a consumer of its own, each ratio to the limit just before it."""
+    old: list[float] = []
+    new: list[float] = []
+    exact = True
+    for i in range(rounds):
+        raw = float((await asyncio.to_thread(
+            subprocess.run, [PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream, str(total), str(batch), f"_r{i}"],
+            cwd=ROOT, capture_output=True, text=True, check=True, timeout=900)).stdout.split()[0])
+        for tree, ratios in ((baseline, old), (ROOT, new)):
+            other = await create_database(servers, f"joblog_bench_rec_round_{uuid.uuid4().hex[:8]}")
+            try:
+                other_conn = await asyncpg.connect(other)
+                try:
+                    rate, done, _ = await recorder_rate(
+                        other_conn, {**env, "JOBLOG_DATABASE_URL": other, "JOBLOG_RECORDER_CONSUMER": f"bench_{'before' if tree == baseline else 'after'}_{i}"},
+                        total, tree)
+                    exact = exact and done and await _exact(other_conn, runs, details)
+                finally:
+                    await other_conn.close()
+            finally:
+                await drop_database(servers, other.rsplit("/", 1)[1])
+            ratios.append(rate / raw if raw else 0.0)
+    return (f"before/after in {rounds} alternating rounds (the limit, then {baseline}'s recorder, then this one's; each "
+            f"ratio to the limit just before): before median {median(old):.2f} ({', '.join(f'{r:.2f}' for r in old)}), "
+            f"after median {median(new):.2f} ({', '.join(f'{r:.2f}' for r in new)}); all exact: {exact}")
 
 
 def _baseline() -> Path | None:
