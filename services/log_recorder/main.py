@@ -13,9 +13,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from services.contracts import ActionTaken, RunsDeleted, parse_event, parse_schedule_event
+from services.contracts import ActionTaken, RunEvent, RunsDeleted, parse_event, parse_schedule_event
 from services.contracts.nats import connect
 from services.contracts.process import stop_on_signals
 from services.contracts.subjects import close_nats, ensure_streams, ensure_streams_when_ready
@@ -431,11 +431,12 @@ def reduce(messages: list[Msg], settings: RecorderSettings, into: Reduced | None
     batches, letters, last_seq = into or ([Batch()], [], 0)
     subjects = settings.subjects
     routes = _Routes(subjects.retention, subjects.actions, subjects.schedules)
+    parsed = _parse_run_events(messages, settings.max_event_bytes, routes)
     for message in messages:
         seq = _stream_seq(message)
         last_seq = max(last_seq, seq or 0)
         try:
-            event = classify(message, settings.max_event_bytes, routes)
+            event = parsed[id(message)] if id(message) in parsed else classify(message, settings.max_event_bytes, routes)
         except DeadLetter as reason:
             log.warning("dead-lettered a message", subject=message.subject, stream_seq=seq, reason=str(reason),
                         event_id=(message.headers or {}).get("Nats-Msg-Id"))
@@ -445,6 +446,28 @@ def reduce(messages: list[Msg], settings: RecorderSettings, into: Reduced | None
             batches.append(Batch())
         batches[-1].add(event, seq)
     return batches, letters, last_seq
+
+
+RUN_EVENTS: TypeAdapter[list[RunEvent]] = TypeAdapter(list[RunEvent])
+
+
+def _parse_run_events(messages: list[Msg], max_bytes: int, routes: _Routes) -> dict[int, Any]:
+    """The run events of these messages in one pydantic-core call (by id(message)); {} when any of them is
+    not one, and then classify() parses each alone, so a bad message is still a dead letter with its reason.
+
+    The payloads are joined into one JSON array. Each must be one object ({...}) and the array must hold
+    exactly one event per payload, so no payload can lend its text to its neighbours."""
+    candidates = [m for m in messages if len(m.data) <= max_bytes and m.subject != routes.retention
+                  and not m.subject.startswith(routes.actions[:-1]) and not m.subject.startswith(routes.schedules[:-1])]
+    if len(candidates) < 2 or not all(m.data[:1] == b"{" and m.data[-1:] == b"}" for m in candidates):
+        return {}
+    try:
+        events = RUN_EVENTS.validate_json(b"[" + b",".join(m.data for m in candidates) + b"]")
+    except ValidationError:
+        return {}
+    if len(events) != len(candidates):
+        return {}
+    return {id(m): event for m, event in zip(candidates, events)}
 
 
 def _pending(message: Msg, unknown: int) -> int:
