@@ -1,7 +1,8 @@
 """Where an event's projection lag goes: the recorder's phases timed at a steady 2,000 events/s.
 
-The real Recorder, in-process, with each phase timed by a bench-local subclass: waiting for the
-first message of a batch, fetching the rest, reducing, writing and committing, acking.
+The real Recorder, in-process, with each phase timed by a bench-local subclass: each fetch (waiting
+for the first message, then the rest JetStream says are waiting) and its size, how long the oldest
+message of a batch waited for the batch in flight, writing + committing + acking, the batch size.
 
     .venv/bin/python -m bench.lag_phases
 
@@ -25,34 +26,38 @@ from services.contracts.subjects import ensure_streams
 from services.log_recorder.main import Recorder
 from services.log_recorder.settings import RecorderSettings
 
-PHASES: dict[str, list[float]] = {"first message": [], "rest of batch": [], "reduce": [], "write+commit+ack": [], "batch size": []}
+PHASES: dict[str, list[float]] = {
+    "fetch call": [], "gather call (a batch in flight)": [], "messages per fetch": [], "waited for batch in flight": [], "write+commit+ack": [], "batch size": [],
+}
 
 
 class TimedRecorder(Recorder):
-    async def fetch(self, sub: Any) -> list:  # type: ignore[type-arg]
+    """The real recorder; each fetch and each batch timed."""
+
+    fetched_at: dict[int, float] = {}
+
+    async def fetch(self, sub: Any, room: int | None = None) -> list:  # type: ignore[type-arg]
         began = time.perf_counter()
-        try:
-            messages = await sub.fetch(1, timeout=1)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            return []
-        got = time.perf_counter()
-        PHASES["first message"].append((got - began) * 1000)
-        try:
-            messages += await sub.fetch(self.settings.recorder_batch_size - 1, timeout=0.01)
-        except Exception:
-            pass
-        PHASES["rest of batch"].append((time.perf_counter() - got) * 1000)
-        PHASES["batch size"].append(len(messages))
+        return self._timed(began, await super().fetch(sub, room), "fetch call")
+
+    async def gather(self, sub: Any, room: int) -> list:  # type: ignore[type-arg]
+        began = time.perf_counter()
+        return self._timed(began, await super().gather(sub, room), "gather call (a batch in flight)")
+
+    def _timed(self, began: float, messages: list, phase: str) -> list:  # type: ignore[type-arg]
+        now = time.perf_counter()
+        if messages:
+            PHASES[phase].append((now - began) * 1000)
+            PHASES["messages per fetch"].append(len(messages))
+            for message in messages:
+                self.fetched_at[id(message)] = now
         return messages
 
     async def apply(self, messages: list, stopping: asyncio.Event, reduced: Any = None) -> None:  # type: ignore[type-arg]
         began = time.perf_counter()
-        if reduced is None:
-            from services.log_recorder.main import reduce
-
-            reduced = reduce(messages, self.settings)
-            PHASES["reduce"].append((time.perf_counter() - began) * 1000)
-            began = time.perf_counter()
+        first = min((self.fetched_at.pop(id(m), began) for m in messages), default=began)
+        PHASES["waited for batch in flight"].append((began - first) * 1000)
+        PHASES["batch size"].append(len(messages))
         await super().apply(messages, stopping, reduced)
         PHASES["write+commit+ack"].append((time.perf_counter() - began) * 1000)
 
@@ -78,8 +83,8 @@ async def main() -> None:
             await nc.close()
     for phase, values in PHASES.items():
         if values:
-            unit = "" if phase == "batch size" else " ms"
-            print(f"{phase:18} n={len(values):5}  p50 {percentile(values, 50):7.2f}{unit}  p99 {percentile(values, 99):7.2f}{unit}  max {max(values):7.2f}{unit}")
+            unit = "" if phase in ("batch size", "messages per fetch") else " ms"
+            print(f"{phase:32} n={len(values):5}  p50 {percentile(values, 50):7.2f}{unit}  p99 {percentile(values, 99):7.2f}{unit}  max {max(values):7.2f}{unit}")
 
 
 if __name__ == "__main__":

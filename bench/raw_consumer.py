@@ -1,8 +1,9 @@
 """The recorder's limit, in a process of its own like the recorder: fetch batches, ack each message, nothing else.
 
-    .venv/bin/python -m bench.raw_consumer NATS_URL STREAM TOTAL BATCH
+    .venv/bin/python -m bench.raw_consumer NATS_URL STREAM TOTAL BATCH [TAG]
 
-Prints two rates (events/s): fetch-then-ack, and with the next fetch under way while acking.
+Prints two rates (events/s): fetch-then-ack, and with the next fetch under way while acking. With TAG,
+only fetch-then-ack, on consumers named after it (a second limit on the same stream).
 """
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import nats
 from bench.recorder import raw_pull_and_ack
 
 
-async def main(url: str, stream: str, total: int, batch: int) -> None:
+async def main(url: str, stream: str, total: int, batch: int, tag: str = "") -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream(timeout=30)
-        plain = await raw_pull_and_ack(js, stream, total, batch)
+        plain = await raw_pull_and_ack(js, stream, total, batch, tag=tag)
+        if tag:
+            print(plain)
+            return
         ahead = await raw_pull_and_ack(js, stream, total, batch, ahead=True)
         print(plain, ahead)
     finally:
@@ -27,4 +31,4 @@ async def main(url: str, stream: str, total: int, batch: int) -> None:
 
 if __name__ == "__main__":
     url, stream, total, batch = sys.argv[1:5]
-    asyncio.run(main(url, stream, int(total), int(batch)))
+    asyncio.run(main(url, stream, int(total), int(batch), *sys.argv[5:6]))

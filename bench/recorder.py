@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -19,7 +21,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bench.common import (
     PYTHON,
     ROOT,
+    create_database,
     delete_streams,
+    drop_database,
     Result,
     Servers,
     median,
@@ -32,7 +36,9 @@ from bench.common import (
     service_process,
     wait_until,
 )
-from services.contracts import RunCreated, RunStarted, RunSucceeded, StepLogged, Subjects
+from services.contracts import RunCreated, RunStarted, RunSucceeded, StepLogged, Subjects, parse_event
+from services.log_recorder import db
+from services.log_recorder.projection import Batch
 from services.contracts.subjects import ensure_streams
 from services.log_recorder.settings import RecorderSettings
 
@@ -81,13 +87,13 @@ async def publish_all(js, messages: list[tuple[str, str, bytes]]) -> float:  # t
     return len(messages) / (time.perf_counter() - started)
 
 
-async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool = False) -> float:  # type: ignore[no-untyped-def]
+async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool = False, tag: str = "") -> float:  # type: ignore[no-untyped-def]
     """The limit for a consumer: fetch batches and ack every message, doing nothing else. Events/s.
 
     The consumer is configured as the recorder's is (services/log_recorder/main.py consumer_config):
     the whole stream, no subject filter. With ahead, the next fetch is already under way while a
     batch is acked (as a pipelined consumer would)."""
-    durable = f"bench_raw_{'ahead' if ahead else 'plain'}"
+    durable = f"bench_raw_{'ahead' if ahead else 'plain'}{tag}"
     await js.add_consumer(stream, ConsumerConfig(
         name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
         max_ack_pending=50_000, max_deliver=-1))
@@ -140,10 +146,15 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
                                  str(len(messages)), str(batch)], cwd=ROOT, capture_output=True, text=True, check=True,
                 timeout=900)).stdout.split())
             limit = max(plain, ahead)
+            loaded, sql_rate = await raw_beside_postgres(servers, stream, messages, batch, limit)
             env = service_env(servers.nats_url, dsn, stream, prefix, JOBLOG_RECORDER_BATCH_SIZE=str(batch))
             rate, done, rss = await recorder_rate(conn, env, len(messages))
             rows = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
                                        " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
+            before = ""
+            baseline = _baseline()
+            if baseline is not None:
+                before = await alternating_rounds(servers, env, stream, len(messages), batch, runs, details, baseline)
         finally:
             await conn.close()
             await nc.close()
@@ -154,16 +165,100 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
         f"{ratio:.2f}", ">= 0.95 of raw pull+ack", ratio >= 0.95 and complete,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_throughput",
         [f"{len(messages):,} events ({runs:,} runs, {details:,} details); the limit and the recorder each run as their own process; publish rate {publish_rate:,.0f} events/s; "
-         f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)"],
+         f"projection complete and exact: {complete} ({rows['runs']:,} runs, {rows['details']:,} details)",
+         f"the ceiling on these cores: raw pull+ack again while the recorder's SQL for the same events runs beside it "
+         f"at the limit's pace (pre-parsed batches of {batch}, {sql_rate:,.0f} events/s): {loaded:,.0f} events/s, "
+         f"{loaded / limit if limit else 0:.2f} of the limit; the recorder is {rate / loaded if loaded else 0:.2f} of that"]
+        + ([before] if before else []),
         {"ratio": ratio >= 0.95, "exact": complete}, server,
     )
     return [result], {"recorder (throughput)": rss}
 
 
-async def recorder_rate(conn: asyncpg.Connection, env: dict[str, str], total: int) -> tuple[float, bool, float]:
-    """`python -m joblog recorder` as its own process on a stream already holding total events:
-    (events/s from its first committed batch to the last, whether all were applied, its peak RSS)."""
-    with service_process("recorder", env) as process:
+async def raw_beside_postgres(servers: Servers, stream: str, messages: list[tuple[str, str, bytes]], batch: int,
+                              pace: float) -> tuple[float, float]:
+    """The ceiling of the ratio for one recorder process on these cores: the raw consumer again (its own
+    process, consumers of its own) while the recorder's SQL for the same events (parsed and reduced
+    beforehand, so no Python parse in it) is applied to a scratch database at `pace` events/s (the raw
+    rate: what a recorder keeping up with the limit would ask of Postgres). (raw events/s, SQL events/s)."""
+    events = [parse_event(p) for _, _, p in messages]
+    batches = []
+    for first in range(0, len(events), batch):
+        reduced = Batch()
+        for seq, event in enumerate(events[first:first + batch], first + 1):
+            reduced.add(event, seq)
+        batches.append(reduced)
+    other = await create_database(servers, f"joblog_bench_rec_floor_{uuid.uuid4().hex[:8]}")
+    try:
+        conn = await asyncpg.connect(other)
+        raw = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream, str(len(messages)), str(batch), "_floor",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        applied_events, began = 0, time.perf_counter()
+        try:
+            while raw.returncode is None:
+                for reduced in batches:
+                    position = db.Position("floor", applied_events, reduced.last_event_at, reduced.events)
+                    await db.apply_batch(conn, reduced, position=position)
+                    applied_events += reduced.events
+                    await asyncio.sleep(max(0.0, began + applied_events / pace - time.perf_counter()))
+                    if raw.returncode is not None:  # set by the loop when the child exits
+                        break
+            elapsed = time.perf_counter() - began
+            out, _ = await raw.communicate()
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(servers, other.rsplit("/", 1)[1])
+    return float(out.split()[0]), applied_events / elapsed
+
+
+async def alternating_rounds(servers: Servers, env: dict[str, str], stream: str, total: int, batch: int,
+                             runs: int, details: int, baseline: Path, rounds: int = 3) -> str:
+    """Before/after on a shared, noisy machine: rounds of (the limit, the other checkout's recorder, this
+    one's), each recorder on a database and a consumer of its own, each ratio to the limit just before it."""
+    old: list[float] = []
+    new: list[float] = []
+    exact = True
+    for i in range(rounds):
+        raw = float((await asyncio.to_thread(
+            subprocess.run, [PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream, str(total), str(batch), f"_r{i}"],
+            cwd=ROOT, capture_output=True, text=True, check=True, timeout=900)).stdout.split()[0])
+        for tree, ratios in ((baseline, old), (ROOT, new)):
+            other = await create_database(servers, f"joblog_bench_rec_round_{uuid.uuid4().hex[:8]}")
+            try:
+                other_conn = await asyncpg.connect(other)
+                try:
+                    rate, done, _ = await recorder_rate(
+                        other_conn, {**env, "JOBLOG_DATABASE_URL": other, "JOBLOG_RECORDER_CONSUMER": f"bench_{'before' if tree == baseline else 'after'}_{i}"},
+                        total, tree)
+                    exact = exact and done and await _exact(other_conn, runs, details)
+                finally:
+                    await other_conn.close()
+            finally:
+                await drop_database(servers, other.rsplit("/", 1)[1])
+            ratios.append(rate / raw if raw else 0.0)
+    return (f"before/after in {rounds} alternating rounds (the limit, then {baseline}'s recorder, then this one's; each "
+            f"ratio to the limit just before): before median {median(old):.2f} ({', '.join(f'{r:.2f}' for r in old)}), "
+            f"after median {median(new):.2f} ({', '.join(f'{r:.2f}' for r in new)}); all exact: {exact}")
+
+
+def _baseline() -> Path | None:
+    """JOBLOG_BENCH_BASELINE=<another checkout> (e.g. /work/main): its recorder too, in the same run (before/after)."""
+    tree = os.environ.get("JOBLOG_BENCH_BASELINE")
+    return Path(tree).resolve() if tree else None
+
+
+async def _exact(conn: asyncpg.Connection, runs: int, details: int) -> bool:
+    row = await conn.fetchrow("SELECT (SELECT count(*) FROM job_logs) AS runs, (SELECT count(*) FROM job_log_details) AS details,"
+                              " (SELECT count(*) FROM job_logs WHERE status = 'success') AS ok")
+    return bool(row["runs"] == runs and row["details"] == details and row["ok"] == runs)
+
+
+async def recorder_rate(conn: asyncpg.Connection, env: dict[str, str], total: int, tree: Path = ROOT) -> tuple[float, bool, float]:
+    """`python -m joblog recorder` (of the checkout `tree`) as its own process on a stream already holding
+    total events: (events/s from its first committed batch to the last, whether all were applied, its peak RSS)."""
+    with service_process("recorder", env, tree) as process:
         # Time from the first committed batch, so the process's start-up is not counted.
         await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
         first_at, first = time.perf_counter(), await applied(conn)
@@ -295,24 +390,15 @@ def _occurred(payload: bytes) -> float:
     return datetime.fromisoformat(json.loads(payload)["occurred_at"].replace("Z", "+00:00")).timestamp()
 
 
-async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]]:
-    """Benchmark 2: projection lag at a steady 2,000 events/s, against a raw publish->consume round trip."""
-    rate, seconds = 2000, 15.0 if scale() >= 1 else 8.0
+async def lag_round(servers: Servers, rate: int, seconds: float, tree: Path = ROOT) -> tuple[list[float], int, list[float], float]:
+    """The recorder of checkout `tree` on a fresh database and stream while steps are published at rate/s:
+    (each event's lag in ms, events sent, the watcher's poll times, the recorder's peak RSS)."""
     async with scratch(servers, "lag") as (dsn, stream, prefix):
         subjects = Subjects(prefix=prefix, stream=stream)
         nc = await nats.connect(servers.nats_url)
         try:
             js = nc.jetstream(timeout=30)
-            server = server_of(nc)
             await ensure_streams(js, subjects)
-            # The limit runs on a stream of its own, so its events never reach the recorder.
-            raw = Subjects(prefix=f"{prefix}raw", stream=f"{stream}_RAW")
-            await ensure_streams(js, raw)
-            try:
-                limit_lags = await raw_round_trip(nc, js, raw, rate, seconds)
-            finally:
-                await delete_streams(servers.nats_url, raw.stream)
-            commits = await commit_latency(dsn)
             # Twenty runs in progress (created and started), then a steady stream of their steps.
             run_ids = [uuid.uuid4() for _ in range(20)]
             start = datetime(2025, 6, 1, tzinfo=timezone.utc)
@@ -322,7 +408,7 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
                               RunStarted(**common, seq=2, worker_id="bench-worker", host="bench-host", pid=1)):
                     await js.publish(subjects.for_event(event), event.model_dump_json().encode())
             env = service_env(servers.nats_url, dsn, stream, prefix)
-            with service_process("recorder", env) as process:
+            with service_process("recorder", env, tree) as process:
                 conn = await asyncpg.connect(dsn)
                 try:
                     await wait_until(lambda: _reached(conn, 40), timeout=60, interval=0.02)
@@ -340,7 +426,34 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
                 rss = peak_rss_mb(process.pid)
         finally:
             await nc.close()
-    lags = watcher.lags
+    return watcher.lags, count, watcher.poll_ms, rss
+
+
+async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]]:
+    """Benchmark 2: projection lag at a steady 2,000 events/s, against a raw publish->consume round trip."""
+    rate, seconds = 2000, 15.0 if scale() >= 1 else 8.0
+    async with scratch(servers, "lagraw") as (dsn, stream, prefix):
+        nc = await nats.connect(servers.nats_url)
+        try:
+            js = nc.jetstream(timeout=30)
+            server = server_of(nc)
+            # The limit runs on a stream of its own, so its events never reach a recorder.
+            raw = Subjects(prefix=f"{prefix}raw", stream=f"{stream}_RAW")
+            await ensure_streams(js, raw)
+            try:
+                limit_lags = await raw_round_trip(nc, js, raw, rate, seconds)
+            finally:
+                await delete_streams(servers.nats_url, raw.stream)
+        finally:
+            await nc.close()
+        commits = await commit_latency(dsn)
+    before = ""
+    baseline = _baseline()
+    if baseline is not None:
+        old, old_count, _, _ = await lag_round(servers, rate, seconds, baseline)
+        before = (f"before, same run ({baseline}): p50 {percentile(old, 50):.1f} ms, p99 {percentile(old, 99):.1f} ms, "
+                  f"{len(old):,} of {old_count:,} seen")
+    lags, count, poll_ms, rss = await lag_round(servers, rate, seconds)
     p50, p99, limit_p50, limit_p99 = percentile(lags, 50), percentile(lags, 99), percentile(limit_lags, 50), percentile(limit_lags, 99)
     commit_p50, commit_p99 = percentile(commits, 50), percentile(commits, 99)
     result = Result(
@@ -350,7 +463,7 @@ async def recorder_lag(servers: Servers) -> tuple[list[Result], dict[str, float]
         f"{p99 / limit_p99:.1f}x (p99)" if limit_p99 else "-", "p99 < 20 ms", p99 < 20 and len(lags) >= count,
         "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_lag",
         [f"{count:,} step events at {rate:,}/s for {seconds:.0f} s over 20 runs; {len(lags):,} seen visible; "
-         f"visibility polled every ~2 ms (poll query median {median(watcher.poll_ms):.1f} ms, part of the figure); "
-         f"max {max(lags or [0]):.0f} ms"], {}, server,
+         f"visibility polled every ~2 ms (poll query median {median(poll_ms):.1f} ms, part of the figure); "
+         f"max {max(lags or [0]):.0f} ms"] + ([before] if before else []), {}, server,
     )
     return [result], {"recorder (lag)": rss}

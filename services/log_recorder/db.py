@@ -1,4 +1,4 @@
-"""The recorder's SQL: one statement per table per batch, merged by the projection's rules.
+"""The recorder's SQL: one statement per batch (a CTE per table), merged by the projection's rules.
 
 The projection statements name their tables as {runs} / {details}: the live tables, or the
 fresh ones a rebuild fills before it swaps them in.
@@ -6,9 +6,13 @@ fresh ones a rebuild fills before it swaps them in.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
+
 import asyncpg
 
 from services.contracts import WorkerHeartbeat, WorkerStopped
@@ -196,51 +200,147 @@ WHERE t.name = s.name AND t.purged_at IS NOT NULL
 """
 
 
-async def apply_batch(conn: asyncpg.Connection, batch: Batch, tables: Tables = LIVE) -> bool:
-    """Write a reduced batch; the caller owns the transaction. True when the reaper has work from it.
+# The common batch in ONE statement ---------------------------------------------------------------
+# Each part below is a data-modifying CTE whose parameters count from $1; batch_statement joins the
+# parts a batch needs into one WITH, renumbering them. A single statement is atomic without BEGIN /
+# COMMIT, so a batch costs one round trip. Every part sees the tables as they were before the statement
+# (none reads what another writes), which is what each needs:
+# - the spares read job_logs before this batch's upsert (they ran before it as statements too), and a
+#   name comes once with its lowest stream seq, so spare (seq after the deletion) and unspare (seq
+#   before it) never touch the same row;
+# - details go to the runs this statement writes (runs_written: every run of the batch but a deleted
+#   one; a detail's run is always in its batch), so a deleted run gets no detail even while the
+#   reaper has yet to remove its rows, which it then does anyway.
+# The final SELECT reads the parts in order, which runs them in that order (a CTE runs when first
+# read): every writer locks rows as the statements did one by one (runs, details, the version row,
+# the consumer's position), so recorders sharing a consumer never deadlock. Statement triggers on
+# job_logs (job_stats, run counts) fire at the statement's end, inside the same transaction.
 
-    A batch ends at a deletion (Batch.closed), so the deletion goes last. Into the live tables a
+_PARTS: dict[str, tuple[str, str, int]] = {  # part: (CTE name, statement, parameters)
+    "spare": ("spared", SPARE_LATE_RUNS, 2),  # $1 names (each once), $2 their lowest stream seq here
+    "unspare": ("unspared", UNSPARE_EARLY_RUNS, 2),
+    "runs": ("runs_written", UPSERT_RUNS.rstrip() + "\nRETURNING j.id", 24),
+    "rearm": ("rearmed", REARM_PURGE, 2),
+    "details": ("details_written", UPSERT_DETAILS.replace(
+        "WHERE EXISTS (SELECT 1 FROM {runs} r WHERE r.id = s.run_id)  -- not a deleted run",
+        "WHERE s.run_id IN (SELECT id FROM runs_written)  -- not a deleted run"), 9),
+    "actions": ("actions_written", INSERT_ACTIONS, 9),
+    "schedules": ("schedules_written", UPSERT_SCHEDULE_STATES, 7),
+    "letters": ("letters_written", INSERT_DEAD_LETTERS, 5),
+    "version": ("bumped", "UPDATE projection_version SET version = version + 1", 0),
+    "position": ("tracked", TRACK_POSITION, 4),
+}
+
+
+def _renumber(text: str, by: int) -> str:
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m[1]) + by}", text) if by else text
+
+
+@cache
+def batch_statement(parts: tuple[str, ...], tables: Tables = LIVE) -> str:
+    """One statement writing these parts of a batch, in this order; its row counts each part's rows."""
+    ctes: list[str] = []
+    offset = 0
+    for part in parts:
+        name, statement, count = _PARTS[part]
+        if "RETURNING" not in statement:
+            statement = statement.rstrip() + "\nRETURNING 1"
+        statement = statement.strip().replace("{runs}", tables.runs).replace("{details}", tables.details)
+        ctes.append(f"{name} AS (\n{_renumber(statement, offset)}\n)")
+        offset += count
+    reads = ", ".join(f"(SELECT count(*) FROM {_PARTS[part][0]}) AS {part}" for part in parts)
+    return "WITH " + ",\n".join(ctes) + f"\nSELECT {reads}"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a consumer's batch ends: written with the batch (projection_state)."""
+
+    consumer: str
+    stream_seq: int
+    last_event_at: datetime | None
+    applied: int
+
+
+def _names(batch: Batch) -> tuple[list[str], list[int | None], list[str]]:
+    """Each run name of the batch once, with its lowest stream seq here (null when unknown) and its job."""
+    first: dict[str, int | None] = {}
+    jobs: dict[str, str] = {}
+    for run in batch.runs.values():
+        seq = batch.first_stream_seq.get(run.id)
+        held = first.get(run.name)
+        first[run.name] = seq if held is None else (held if seq is None else min(held, seq))
+        jobs.setdefault(run.name, run.job)
+    names = sorted(first)
+    return names, [first[n] for n in names], [jobs[n] for n in names]
+
+
+async def apply_batch(
+    conn: asyncpg.Connection, batch: Batch, tables: Tables = LIVE, *, position: Position | None = None,
+    letters: Sequence[tuple[str, bytes, str, int | None]] = (), keep: int = DEAD_LETTER_PAYLOAD_BYTES,
+) -> bool:
+    """Write a reduced batch (and, given them, the consumer's position and dead letters); True when the
+    reaper has work from it.
+
+    The batch's rows are one statement, atomic on its own: a batch without a deletion needs no
+    transaction around it. A batch ends at a deletion (Batch.closed), so the deletion goes last, in
+    statements of its own: the caller wraps such a batch in a transaction. Into the live tables a
     deletion is only recorded here (and names tombstoned, so later events of those runs are skipped):
     the reaper (retention.py) removes the rows in bounded chunks of their own, outside this
     transaction, and purges the runs' messages from the stream. A rebuild's fresh tables are not read
     by anyone yet, so there the deletion is carried out at once, where it stands in the stream.
     """
-    reaper_work = False
+    live = tables is LIVE
+    parts: list[str] = []
+    args: list[Any] = []
     if batch.runs:
-        runs = list(batch.runs.values())
-        if tables is LIVE:
-            seqs = [batch.first_stream_seq.get(r.id) for r in runs]
-            await conn.execute(SPARE_LATE_RUNS, [r.name for r in runs], seqs)
-            await conn.execute(UNSPARE_EARLY_RUNS, [r.name for r in runs], seqs)
-        await conn.execute(sql(UPSERT_RUNS, tables), *batch.run_columns())
-        if tables is LIVE:
-            rearmed = await conn.execute(REARM_PURGE, [r.name for r in runs], [r.job for r in runs])
-            reaper_work = rearmed != "UPDATE 0"
+        names, first_seqs, jobs = _names(batch) if live else ([], [], [])
+        if live:
+            parts += ["spare", "unspare"]
+            args += [names, first_seqs, names, first_seqs]
+        parts.append("runs")
+        args += batch.run_columns()
+        if live:
+            parts.append("rearm")
+            args += [names, jobs]
     if batch.details:
-        await conn.execute(sql(UPSERT_DETAILS, tables), *batch.detail_columns())
+        parts.append("details")
+        args += batch.detail_columns()
     if batch.actions:
-        await conn.execute(INSERT_ACTIONS, *action_columns(batch.actions))
+        parts.append("actions")
+        args += action_columns(batch.actions)
     if batch.schedules:
-        await conn.execute(UPSERT_SCHEDULE_STATES, *schedule_columns(batch.schedules))
+        parts.append("schedules")
+        args += schedule_columns(batch.schedules)
+    if letters:
+        parts.append("letters")
+        args += dead_letter_columns(letters, keep)
+    if live and (batch.runs or batch.deletions or batch.schedules):
+        parts.append("version")
+    if position is not None:
+        parts.append("position")
+        args += [position.consumer, position.stream_seq, position.last_event_at, position.applied]
+    reaper_work = False
+    if parts:
+        written = await conn.fetchrow(batch_statement(tuple(parts), tables), *args)
+        reaper_work = bool(written and "rearm" in parts and written["rearm"])
     for deleted, stream_seq in batch.deletions:
         reaper_work = True
         await conn.execute(
             RECORD_DELETION, deleted.event_id, deleted.names, deleted.created_before, deleted.requested_by,
             deleted.occurred_at, stream_seq, deleted.job, deleted.except_jobs,
             list(deleted.statuses) if deleted.statuses is not None else None,
-            None if tables is LIVE else deleted.occurred_at,
+            None if live else deleted.occurred_at,
         )
         if deleted.names:
             await conn.execute(TOMBSTONE_NAMES, deleted.names, deleted.occurred_at, deleted.event_id)
-            if tables is not LIVE:
+            if not live:
                 await conn.execute(sql(DELETE_RUNS_BY_NAME, tables), deleted.names)
-        if deleted.created_before is not None and tables is not LIVE:
+        if deleted.created_before is not None and not live:
             await conn.execute(
                 sql(DELETE_RUNS_CREATED_BEFORE, tables), deleted.created_before, deleted.job, deleted.except_jobs,
                 list(deleted.statuses) if deleted.statuses is not None else None, deleted.occurred_at, deleted.event_id,
             )
-    if tables is LIVE and (batch.runs or batch.deletions or batch.schedules):
-        await bump_version(conn)
     return reaper_work
 
 
@@ -252,14 +352,17 @@ async def bump_version(conn: asyncpg.Connection) -> None:
     await conn.execute(BUMP_VERSION)
 
 
+def dead_letter_columns(letters: Sequence[tuple[str, bytes, str, int | None]], keep: int) -> list[list[Any]]:
+    """Dead letters with a bounded prefix of their payload (a deleted run's text must not live on in full)."""
+    return [[s for s, _, _, _ in letters], [p[:keep] for _, p, _, _ in letters], [r for _, _, r, _ in letters],
+            [q for _, _, _, q in letters], [len(p) for _, p, _, _ in letters]]
+
+
 async def store_dead_letters(conn: asyncpg.Connection, letters: list[tuple[str, bytes, str, int | None]],
                              keep: int = DEAD_LETTER_PAYLOAD_BYTES) -> None:
     """Store dead letters with a bounded prefix of their payload (a deleted run's text must not live on in full)."""
     if letters:
-        await conn.execute(
-            INSERT_DEAD_LETTERS, [s for s, _, _, _ in letters], [p[:keep] for _, p, _, _ in letters],
-            [r for _, _, r, _ in letters], [q for _, _, _, q in letters], [len(p) for _, p, _, _ in letters],
-        )
+        await conn.execute(INSERT_DEAD_LETTERS, *dead_letter_columns(letters, keep))
 
 
 async def track_position(
