@@ -99,7 +99,7 @@ async def open_orders(app: web.Application, filters: dict[str, Any]) -> dict[str
     return {
         **filters, "orders": rows, "total": total, "pages": pages, "last_sync": last_sync,
         # The page's number when it is known: an old client's ?page=N, or the first page.
-        "page": page if page else (None if after or before else 1),
+        "page": page if page else (1 if not earlier else None),
         "next_cursor": cursor(rows[-1]) if later and rows else None,
         "prev_cursor": cursor(rows[0]) if earlier and rows else None,
         "first": earlier,  # a link to the first page helps
