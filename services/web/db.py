@@ -169,9 +169,10 @@ async def list_open_orders(
     where, base = _order_search(search)
     if offset:  # an old client's ?page=N: OFFSET, as before keysets
         direction = "DESC" if descending else "ASC"
+        nulls = " NULLS LAST" if spec.nullable else ""  # (on a NOT NULL column it would keep the index from serving DESC)
         rows = await conn.fetch(
             f"""SELECT {ORDER_FIELDS} FROM open_orders WHERE {where}
-                ORDER BY {spec.column} {direction} NULLS LAST, order_number {direction}
+                ORDER BY {spec.column} {direction}{nulls}, order_number {direction}
                 LIMIT ${len(base) + 1} OFFSET ${len(base) + 2}""", *base, limit + 1, offset)
         return rows[:limit], len(rows) > limit
     backwards = before is not None
