@@ -134,3 +134,12 @@ async def test_a_cursor_that_was_cut_changed_or_belongs_to_another_sort_is_a_400
         detail = (await (await client.get("/api/open_orders", params=query)).json())["detail"]
         assert "cursor" in detail or "give one of" in detail, detail
     assert (await client.get("/api/open_orders", params={"sort": "order_date", "dir": "desc", "after": good})).status == 200
+
+
+async def test_a_cursor_past_the_last_open_order_offers_the_first_page(client, db):
+    await _orders(db)
+    body = await (await client.get("/api/open_orders", params={"sort": "order_number", "dir": "asc"})).json()
+    await db.execute("UPDATE open_orders SET closed_at = now() WHERE order_number > $1", body["orders"][-1]["order_number"])
+    later = await client.get("/open_orders", params={"sort": "order_number", "dir": "asc", "after": body["next_cursor"]})
+    html = await later.text()
+    assert later.status == 200 and "No more open orders here" in html and "⇤ First page" in html
