@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench open_orders
     JOBLOG_BENCH_ORDERS=200000 .venv/bin/python -m bench open_orders
+    JOBLOG_BENCH_BASELINE=/path/to/other/checkout ...   # also its web's first page and ?page=200, same run
 
 A scratch database gets the orders (generate_series: 40 customers, a third without ship date, a fifth
 without warehouse, many equal dates and totals), VACUUM ANALYZE, then `python -m joblog web` on it and
@@ -18,6 +19,7 @@ import asyncio
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -132,6 +134,13 @@ async def open_orders(servers: Servers) -> tuple[list[Result], dict[str, float]]
             for label, url in pages.items():
                 await asyncio.to_thread(wrk, url, WARMUP, None)
                 figures[label] = await asyncio.to_thread(wrk, url, SECONDS, None)
+        baseline = os.environ.get("JOBLOG_BENCH_BASELINE")
+        if baseline:  # another checkout's web (e.g. before keysets) on the same orders, same load, same run
+            with service_process("web", env, tree=Path(baseline)):
+                wait_for_port(port)
+                for label, url in {"first page": base, f"page {DEEP} by ?page=": f"{base}?sort=order_date&dir=desc&page={DEEP}"}.items():
+                    await asyncio.to_thread(wrk, url, WARMUP, None)
+                    figures[f"baseline {baseline}: {label}"] = await asyncio.to_thread(wrk, url, SECONDS, None)
         conn = await asyncpg.connect(dsn)
         try:  # a sync updates rows: their pages leave the visibility map until a vacuum
             await conn.execute("UPDATE open_orders SET synced_at = now() WHERE order_number LIKE '%0'")
