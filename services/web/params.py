@@ -150,7 +150,7 @@ def orders_filter(request: web.Request, sorts: tuple[str, ...] | dict[str, Any])
 # the order at the page's edge), with a keyed checksum: what it says is no secret (it is on the page), but a
 # cursor that was cut or edited is refused with a 400 instead of reaching the database.
 ORDER_CURSOR_KEY = b"joblog open orders cursor 1"
-ORDER_CURSOR_MOST = 700
+ORDER_CURSOR_MOST = 2000  # a 200-character customer name of 4-byte characters, and its order number, fit
 _TAG = 8
 
 

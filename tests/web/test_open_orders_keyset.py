@@ -119,7 +119,7 @@ async def test_a_cursor_that_was_cut_changed_or_belongs_to_another_sort_is_a_400
         {"after": "garbage!"},
         {"after": good[:-6]},                                             # cut
         {"after": changed},                                               # one character changed
-        {"before": "x" * 2000},
+        {"before": "x" * 2001},
         {"after": good, "sort": "total"},                                 # another sort's position
         {"after": good, "dir": "asc"},
         {"after": good, "before": good},
@@ -143,3 +143,14 @@ async def test_a_cursor_past_the_last_open_order_offers_the_first_page(client, d
     later = await client.get("/open_orders", params={"sort": "order_number", "dir": "asc", "after": body["next_cursor"]})
     html = await later.text()
     assert later.status == 200 and "No more open orders here" in html and "⇤ First page" in html
+
+
+async def test_the_longest_customer_names_page_by_cursor_too(client, db):
+    """A customer name may have 200 characters (the sync's limit), in any script: its cursor still fits."""
+    await db.execute(
+        """INSERT INTO open_orders (order_number, customer_code, customer_name, status, order_date, currency,
+                                    total_amount, line_count, row_hash, synced_at)
+           SELECT 'SO-' || lpad(i::text, 37, '0'), 'C-1', repeat('𝔄', 199) || i % 2, 'open', DATE '2026-11-01', 'EUR', 1, 1, 'h', now()
+           FROM generate_series(1, 60) AS i""")
+    pages, _ = await _walk(client, {"sort": "customer", "dir": "desc"})
+    assert [n for page in pages for n in page] == await _expected(db, "customer", "desc") and len(pages) == 2
