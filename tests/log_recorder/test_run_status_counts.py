@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -21,6 +21,7 @@ from tests.conftest import eventually
 from tests.factories import T0, publish, run_events
 from tests.log_recorder.conftest import as_payloads, deletions_done, drained, publish_many
 from tests.log_recorder.test_job_stats import verdict
+from tests.test_cli_delete import joblog
 
 COUNTS = "SELECT status, sum(runs)::bigint AS runs FROM run_status_counts GROUP BY status HAVING sum(runs) <> 0 ORDER BY 1"
 AGGREGATE = "SELECT status, count(*) AS runs FROM job_logs GROUP BY status ORDER BY 1"
@@ -140,3 +141,24 @@ async def test_two_recorders_on_one_durable_keep_the_counters_right(services, js
 
     assert await counts(db) == await aggregate(db) == {"success": 48, "error": 12}
     assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_the_retention_policy_and_joblog_delete_keep_the_counters_right(services, js, subjects, recorder_settings, db, env):
+    now = datetime.now(timezone.utc)
+    runs = [run_events(name=f"202611010000{i:02d}", start=now - timedelta(days=3), fail=i % 3 == 0) for i in range(9)]
+    runs += [run_events(name=f"202611020000{i:02d}", start=now - timedelta(hours=1), fail=i % 2 == 0) for i in range(6)]
+    runs.append(run_events(name="20261103000000", start=now - timedelta(days=3))[:3])  # open: retention keeps it
+    await publish(js, subjects, [e for run in runs for e in run])
+    policy = recorder_settings.model_copy(update={"retention_days": 1, "retention_interval": 3600, "delete_chunk": 2})
+    await services(run_recorder, policy)
+    await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM run_deletions"))
+    await eventually(lambda: drained(js, subjects.stream))
+    await eventually(lambda: deletions_done(db))
+    assert await counts(db) == await aggregate(db) == {"processing": 1, "success": 3, "error": 3}
+
+    done = joblog(env, "20261102000000", "20261102000001")  # an error and a success
+    assert done.returncode == 0, done.stderr
+    await eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM run_deletions"))
+    await eventually(lambda: drained(js, subjects.stream))
+    await eventually(lambda: deletions_done(db))
+    assert await counts(db) == await aggregate(db) == {"processing": 1, "success": 2, "error": 2}
