@@ -20,7 +20,8 @@ CREATE TABLE run_status_counts (
 
 -- The shard of the current transaction's counter rows: claimed once per transaction (an advisory
 -- lock, remembered in a transaction-local setting), starting from the backend's pid. With more than
--- 16 writers at once, the extra ones share the pid's shard (they then wait on its rows in turn).
+-- 16 writers at once, the extra ones share the pid's shard: they wait on its rows in turn, and may
+-- deadlock there, which the recorder retries (a TransactionRollbackError is transient).
 CREATE FUNCTION joblog_run_counts_shard() RETURNS smallint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
