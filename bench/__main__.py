@@ -20,7 +20,7 @@ Benchmark = Callable[[Servers], Awaitable[tuple[list[Result], dict[str, float]]]
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    from bench import curves, flower, growth, recorder, recorder_search, retention, sync, web, worker
+    from bench import curves, flower, growth, open_orders, recorder, recorder_search, retention, sync, web, worker
 
     return {
         "recorder_throughput": recorder.recorder_throughput,
@@ -32,6 +32,7 @@ def benchmarks() -> dict[str, Benchmark]:
         "flower": flower.flower,
         "curves": curves.curves,
         "growth": growth.growth,
+        "open_orders": open_orders.open_orders,
         "retention": retention.retention,
         "retention_size": retention.retention_size,
     }

@@ -7,7 +7,8 @@ Each size is a cached web dataset (bench/web_data.py: 20 details per run, genera
 `python -m joblog web` on it, and wrk -t1 -c16 for a short while per page: the index (cached
 per projection version), a run page over 2,000 random runs (mostly not cached), a job's runs
 (`/?job=purge_closed_orders`, a tenth of the runs), the failed runs (`/?status=error`, a
-fiftieth), the index's 100th page by keyset, and /metrics. The slope is
+fiftieth), the index's 100th page by keyset, and /metrics (runs per status from the projection's
+counters, run_status_counts of migration 0013; a GROUP BY over every run until then). The slope is
 log(p50 at the largest size / p50 at the smallest) / log(largest / smallest): 0 is flat, 1 grows
 with the data.
 """

@@ -115,9 +115,11 @@ class LastSync(_Out):
 
 class OrderList(_Out):
     orders: list[Order]
-    total: int
-    page: int
+    total: int = Field(description="Open orders (that match q), all pages together; pages: of 50 orders.")
+    page: int | None = Field(description="This page's number: for ?page=N and the first page; null on a page reached by cursor.")
     pages: int
+    next_cursor: str | None = Field(default=None, description="Pass as ?after= (with the same sort and dir) for the next page; null on the last.")
+    prev_cursor: str | None = Field(default=None, description="Pass as ?before= (with the same sort and dir) for the previous page; null on the first.")
     last_sync: LastSync | None = Field(description="The last successful sync_open_orders run.")
 
 
@@ -259,11 +261,8 @@ def _detail(row: Any) -> Detail:
 
 async def list_open_orders(request: web.Request) -> web.Response:
     data = await queries.open_orders(request.app, params.orders_filter(request, db.ORDER_SORTS))
-    last = data["last_sync"]
-    return _json(OrderList(
-        orders=[Order(**dict(o)) for o in data["orders"]], total=data["total"], page=data["page"], pages=data["pages"],
-        last_sync=LastSync(**dict(last)) if last else None,
-    ))
+    last, fields = data["last_sync"], {k: data[k] for k in ("total", "page", "pages", "next_cursor", "prev_cursor")}
+    return _json(OrderList(orders=[Order(**dict(o)) for o in data["orders"]], last_sync=LastSync(**dict(last)) if last else None, **fields))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -361,7 +360,9 @@ def openapi_document() -> dict[str, Any]:
         _param("q", "query", {"type": "string", "maxLength": 100}, "Order number, customer name or code contains this."),
         _param("sort", "query", {"type": "string", "enum": list(db.ORDER_SORTS)}, "Column to sort by."),
         _param("dir", "query", {"type": "string", "enum": ["asc", "desc"]}, "Sort direction."),
-        _param("page", "query", {"type": "integer", "minimum": 1, "maximum": 100_000}, "Page number, 50 orders a page."),
+        _param("after", "query", {"type": "string", "maxLength": params.ORDER_CURSOR_MOST}, "The next_cursor of the page before (same sort and dir)."),
+        _param("before", "query", {"type": "string", "maxLength": params.ORDER_CURSOR_MOST}, "The prev_cursor of the page after (same sort and dir)."),
+        _param("page", "query", {"type": "integer", "minimum": 1, "maximum": 100_000}, "Page number (older clients; by offset, slower the deeper)."),
     ]
     return {
         "openapi": "3.1.0",

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -122,39 +123,104 @@ async def known_jobs(conn: asyncpg.Connection) -> list[str]:
     return [row["job"] for row in rows]
 
 
+class OrderSort(NamedTuple):
+    """A column Open Orders sorts by: its SQL, the Python type of its values (what a cursor holds), NULLs or not."""
+
+    column: str
+    kind: type
+    nullable: bool = False
+
+
 ORDER_SORTS = {
-    "order_number": "order_number",
-    "customer": "customer_name",
-    "status": "status",
-    "order_date": "order_date",
-    "ship_date": "requested_ship_date",
-    "total": "total_amount",
-    "warehouse": "warehouse",
+    "order_number": OrderSort("order_number", str),
+    "customer": OrderSort("customer_name", str),
+    "status": OrderSort("status", str),
+    "order_date": OrderSort("order_date", date),
+    "ship_date": OrderSort("requested_ship_date", date, nullable=True),
+    "total": OrderSort("total_amount", Decimal),
+    "warehouse": OrderSort("warehouse", str, nullable=True),
 }
+ORDER_SQL_TYPES = {str: "text", date: "date", Decimal: "numeric"}
+ORDER_FIELDS = """order_number, customer_code, customer_name, status, order_date, requested_ship_date,
+                  warehouse, currency, total_amount, line_count, synced_at"""
+# The expression of the trigram index open_orders_search (migration 0011).
+ORDER_SEARCH = "(order_number || ' ' || customer_name || ' ' || customer_code) ILIKE $1"
+
+
+class OrderKey(NamedTuple):
+    """Where an order stands in a sort: its value of the sort column (None for NULL) and its order number."""
+
+    value: Any
+    order_number: str
+
+
+def _order_search(search: str | None) -> tuple[str, list[Any]]:
+    if not search:
+        return "closed_at IS NULL", []
+    return f"closed_at IS NULL AND {ORDER_SEARCH}", [f"%{_like_escape(search)}%"]
+
+
+async def count_open_orders(conn: asyncpg.Connection, search: str | None) -> int:
+    """How many open orders (match the search): read from a partial index (and the trigram index for a search)."""
+    where, args = _order_search(search)
+    return await conn.fetchval(f"SELECT count(*) FROM open_orders WHERE {where}", *args)
 
 
 async def list_open_orders(
-    conn: asyncpg.Connection, *, search: str | None, sort: str, descending: bool, limit: int, offset: int
-) -> tuple[list[asyncpg.Record], int]:
-    """Open orders (closed ones are hidden), sorted by a whitelisted column; with the total count."""
-    column = ORDER_SORTS[sort]
-    direction = "DESC" if descending else "ASC"
-    where, args = "closed_at IS NULL", []  # type: str, list[Any]
-    if search:
-        args.append(f"%{_like_escape(search)}%")
-        # The expression of the trigram index open_orders_search (migration 0011).
-        where += " AND (order_number || ' ' || customer_name || ' ' || customer_code) ILIKE $1"
-    total = await conn.fetchval(f"SELECT count(*) FROM open_orders WHERE {where}", *args)
-    args.extend([limit, offset])
-    rows = await conn.fetch(
-        f"""SELECT order_number, customer_code, customer_name, status, order_date, requested_ship_date,
-                   warehouse, currency, total_amount, line_count, synced_at
-            FROM open_orders WHERE {where}
-            ORDER BY {column} {direction} NULLS LAST, order_number {direction}
-            LIMIT ${len(args) - 1} OFFSET ${len(args)}""",
-        *args,
-    )
-    return rows, total
+    conn: asyncpg.Connection, *, search: str | None, sort: str, descending: bool, limit: int,
+    after: OrderKey | None = None, before: OrderKey | None = None, offset: int = 0,
+) -> tuple[list[asyncpg.Record], bool]:
+    """A page of open orders (closed ones are hidden) in a whitelisted sort, NULLs last and ties by order
+    number; after a position, before one (read backwards, returned in order), or (old clients' ?page=) at an
+    offset. Also says whether more orders follow in the direction read.
+
+    By keyset on (column, order_number) with open_orders_by_<column> (migration 0013): forwards for
+    ascending, backwards for descending. A nullable column's NULLs are a segment of their own, read after
+    (or, backwards, before) the others, so each segment is one index range."""
+    spec = ORDER_SORTS[sort]
+    where, base = _order_search(search)
+    if offset:  # an old client's ?page=N: OFFSET, as before keysets
+        direction = "DESC" if descending else "ASC"
+        nulls = " NULLS LAST" if spec.nullable else ""  # (on a NOT NULL column it would keep the index from serving DESC)
+        rows = await conn.fetch(
+            f"""SELECT {ORDER_FIELDS} FROM open_orders WHERE {where}
+                ORDER BY {spec.column} {direction}{nulls}, order_number {direction}
+                LIMIT ${len(base) + 1} OFFSET ${len(base) + 2}""", *base, limit + 1, offset)
+        return rows[:limit], len(rows) > limit
+    backwards = before is not None
+    key = before if backwards else after
+    reading_desc = descending != backwards  # the direction the index is read in
+    way, op = ("DESC", "<") if reading_desc else ("ASC", ">")
+    segments = ["values", "nulls"] if spec.nullable else ["values"]
+    if backwards:
+        segments.reverse()
+    if key is not None:  # from the key's segment on
+        segments = segments[segments.index("nulls" if key.value is None else "values"):]
+    found: list[asyncpg.Record] = []
+    for segment in segments:
+        args = list(base)
+        conditions = [where]
+        if segment == "nulls":
+            conditions.append(f"{spec.column} IS NULL")
+        elif spec.nullable:
+            conditions.append(f"{spec.column} IS NOT NULL")
+        order = f"{spec.column} {way}, order_number {way}"  # the index's order (its NULLs sort last, read forwards)
+        if key is not None and segment == segments[0]:  # the key's own segment: what comes after the key
+            if segment == "nulls":
+                args.append(key.order_number)
+                conditions.append(f"order_number {op} ${len(args)}::text")
+            else:
+                args.extend(key)
+                conditions.append(
+                    f"({spec.column}, order_number) {op} (${len(args) - 1}::{ORDER_SQL_TYPES[spec.kind]}, ${len(args)}::text)")
+        args.append(limit + 1 - len(found))
+        found.extend(await conn.fetch(
+            f"SELECT {ORDER_FIELDS} FROM open_orders WHERE {' AND '.join(conditions)} ORDER BY {order} LIMIT ${len(args)}",
+            *args))
+        if len(found) > limit:
+            break
+    more, rows = len(found) > limit, found[:limit]
+    return (rows[::-1] if backwards else rows), more
 
 
 async def last_successful_sync(conn: asyncpg.Connection) -> asyncpg.Record | None:
@@ -184,10 +250,12 @@ async def run_names(conn: asyncpg.Connection, run_ids: list[uuid.UUID]) -> dict[
     return {row["id"]: row["name"] for row in rows}
 
 
-RUNS_BY_STATUS = "SELECT status, count(*) AS runs FROM job_logs GROUP BY status"
+# The projection's counters (migration 0013): at most (statuses x 16 shards) rows, however many runs.
+RUNS_BY_STATUS = "SELECT status, sum(runs)::bigint AS runs FROM run_status_counts GROUP BY status"
 
 
 async def runs_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    """Runs per status, as the projection counts them (never a scan of job_logs)."""
     return {row["status"]: row["runs"] for row in await conn.fetch(RUNS_BY_STATUS)}
 
 

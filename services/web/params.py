@@ -5,9 +5,13 @@ The name and job-id patterns are the contract's (services.contracts.events), com
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import asyncpg
@@ -126,10 +130,76 @@ def runs_filter(request: web.Request) -> dict[str, Any]:
 
 
 def orders_filter(request: web.Request, sorts: tuple[str, ...] | dict[str, Any]) -> dict[str, Any]:
-    """The open orders' sort, direction, search and page."""
+    """The open orders' sort, direction, search and place: a cursor (?after= the next page's, ?before= the
+    previous page's), or an old client's ?page=N (still served, by offset), or the first page."""
     sort = choice(request, "sort", sorts) or "order_date"
     direction = choice(request, "dir", ORDER_DIRECTIONS) or ("desc" if sort == "order_date" else "asc")
-    return {"sort": sort, "dir": direction, "search": search(request), "page": page(request)}
+    kind = getattr(sorts[sort], "kind", str) if isinstance(sorts, dict) else str
+    given = [name for name in ("after", "before", "page") if request.query.get(name)]
+    if len(given) > 1:
+        raise BadRequest(f"give one of after, before or page, not {' and '.join(given)}")
+    return {
+        "sort": sort, "dir": direction, "search": search(request),
+        "page": page(request) if "page" in given else None,
+        "after": order_cursor(request, "after", sort, direction, kind),
+        "before": order_cursor(request, "before", sort, direction, kind),
+    }
+
+
+# An Open Orders cursor holds the sort, the direction and the position (the sort value and order number of
+# the order at the page's edge), with a keyed checksum: what it says is no secret (it is on the page), but a
+# cursor that was cut or edited is refused with a 400 instead of reaching the database.
+ORDER_CURSOR_KEY = b"joblog open orders cursor 1"
+ORDER_CURSOR_MOST = 2000  # a 200-character customer name of 4-byte characters, and its order number, fit
+_TAG = 8
+
+
+def _order_tag(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, key=ORDER_CURSOR_KEY, digest_size=_TAG).digest()
+
+
+def encode_order_cursor(sort: str, direction: str, value: Any, order_number: str) -> str:
+    """The cursor of a position in Open Orders (value: the order's value of the sort column, None for NULL)."""
+    payload = json.dumps([sort, direction, None if value is None else str(value), order_number],
+                         separators=(",", ":"), ensure_ascii=False).encode()
+    return base64.urlsafe_b64encode(_order_tag(payload) + payload).decode().rstrip("=")
+
+
+def order_cursor(request: web.Request, name: str, sort: str, direction: str, kind: type) -> tuple[Any, str] | None:
+    """?after= / ?before=: an Open Orders cursor of this sort and direction, as (value, order_number); else 400."""
+    raw = request.query.get(name) or ""
+    if not raw:
+        return None
+    bad = BadRequest(f"{name} is not a valid Open Orders cursor (it may have been cut or changed); "
+                     "start again from the first page")
+    if len(raw) > ORDER_CURSOR_MOST:
+        raise bad
+    try:
+        data = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        tag, payload = data[:_TAG], data[_TAG:]
+        if not hmac.compare_digest(tag, _order_tag(payload)):
+            raise bad
+        cursor_sort, cursor_direction, value, order_number = json.loads(payload)
+    except (ValueError, TypeError):
+        raise bad from None
+    if not all(isinstance(x, str) for x in (cursor_sort, cursor_direction, order_number)) or not isinstance(value, (str, type(None))):
+        raise bad
+    if (cursor_sort, cursor_direction) != (sort, direction):
+        raise BadRequest(f"{name} is a cursor of another order (sort={cursor_sort[:20]}, dir={cursor_direction[:4]}); "
+                         "keep its sort and dir, or start again from the first page")
+    if value is None:
+        return None, order_number
+    try:
+        if kind is date:
+            return date.fromisoformat(value), order_number
+        if kind is Decimal:
+            amount = Decimal(value)
+            if not amount.is_finite():
+                raise bad
+            return amount, order_number
+    except (ValueError, InvalidOperation):
+        raise bad from None
+    return value, order_number
 
 
 NOTICE_VALUES = {"job": JOB_PATTERN, "run": NAME_PATTERN, "before": re.compile(r"^\d{4}-\d{2}-\d{2}$"),

@@ -19,7 +19,7 @@ from services.contracts.schedules import next_slot
 from services.web import db
 from services.web.errors import NotFound
 from services.web.keys import DIRECTORY, NATS_CONNECTION, PAGE_CACHE, POOL, SETTINGS
-from services.web.params import encode_cursor
+from services.web.params import encode_cursor, encode_order_cursor
 from services.web.present import Row, present_action, present_run, run_state
 
 log = structlog.get_logger("joblog.web")
@@ -71,18 +71,52 @@ async def run(
 
 
 async def open_orders(app: web.Application, filters: dict[str, Any]) -> dict[str, Any]:
-    """One page of open orders, its place among the pages, and the last successful sync."""
-    page = filters["page"]
+    """One page of open orders (by keyset; an old client's ?page=N by offset), the cursors of the pages
+    next to it, how many open orders there are (match), and the last successful sync."""
+    page, sort, descending = filters["page"], filters["sort"], filters["dir"] == "desc"
+    after = db.OrderKey(*filters["after"]) if filters["after"] else None
+    before = db.OrderKey(*filters["before"]) if filters["before"] else None
+    listing = {"search": filters["search"], "sort": sort, "descending": descending, "limit": ORDERS_PER_PAGE}
+    total = await open_orders_total(app, filters["search"])
     async with app[POOL].acquire() as conn:
-        rows, total = await db.list_open_orders(
-            conn, search=filters["search"], sort=filters["sort"], descending=filters["dir"] == "desc",
-            limit=ORDERS_PER_PAGE, offset=(page - 1) * ORDERS_PER_PAGE,
-        )
+        pages = max(1, -(-total // ORDERS_PER_PAGE))
+        if page is not None and page > pages:
+            raise NotFound(f"Page {page} does not exist; there are {pages} pages.")
+        offset = (page - 1) * ORDERS_PER_PAGE if page else 0
+        rows, more = await db.list_open_orders(conn, **listing, after=after, before=before, offset=offset)
+        if before is not None and len(rows) < ORDERS_PER_PAGE:
+            # Fewer than a page before it (orders closed since): the first page, full.
+            before, page = None, 1
+            rows, more = await db.list_open_orders(conn, **listing)
         last_sync = await db.last_successful_sync(conn)
-    pages = max(1, -(-total // ORDERS_PER_PAGE))
-    if page > pages:
-        raise NotFound(f"Page {page} does not exist; there are {pages} pages.")
-    return {**filters, "orders": rows, "total": total, "pages": pages, "last_sync": last_sync}
+    earlier = more if before is not None else bool(after or offset)
+    later = True if before is not None else more
+    column = db.ORDER_SORTS[sort].column
+
+    def cursor(row: asyncpg.Record) -> str:
+        return encode_order_cursor(sort, filters["dir"], row[column], row["order_number"])
+
+    return {
+        **filters, "orders": rows, "total": total, "pages": pages, "last_sync": last_sync,
+        # The page's number when it is known: an old client's ?page=N, or the first page.
+        "page": page if page else (1 if not earlier else None),
+        "next_cursor": cursor(rows[-1]) if later and rows else None,
+        "prev_cursor": cursor(rows[0]) if earlier and rows else None,
+        "first": earlier,  # a link to the first page helps
+    }
+
+
+async def open_orders_total(app: web.Application, search: str | None) -> int:
+    """How many open orders (match the search). Counting 100,000 costs ~50 times a page's rows (every entry of
+    the partial index or the table is visited), so it is counted once per projection version (each change to
+    open_orders is a worker's run, whose events move it) and search, kept as the pages are (at most max_age)."""
+    version = await projection_version(app)
+
+    async def count() -> bytes:
+        async with app[POOL].acquire() as conn:
+            return str(await db.count_open_orders(conn, search)).encode()
+
+    return int(await app[PAGE_CACHE].page(("open_orders_total", version, search), count))
 
 
 async def jobs(app: web.Application) -> list[dict[str, Any]]:

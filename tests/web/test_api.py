@@ -46,6 +46,7 @@ async def test_unknown_runs_and_bad_parameters_are_json_errors(client):
         ("/api/runs", {"limit": "0"}, 400),
         ("/api/runs/20261129083000", {"after": "-1"}, 400),
         ("/api/open_orders", {"page": "0"}, 400),
+        ("/api/open_orders", {"after": "not-a-cursor"}, 400),
         ("/api/jobs/nosuchjob/trigger", {}, 404),
     ]:
         method = client.post if path.endswith("trigger") else client.get
@@ -77,3 +78,18 @@ async def test_metrics_count_requests_and_runs_by_status_in_prometheus_format(cl
     assert 'joblog_runs{status="success"} 1.0' in text and 'joblog_runs{status="error"} 1.0' in text
     assert 'joblog_web_requests_total{method="GET",route="/",status="200"} 1.0' in text
     assert "joblog_web_request_seconds_bucket" in text and "joblog_dead_letters 0.0" in text
+
+
+async def test_the_scrape_reads_the_projections_counters_not_every_run(client, project, db):
+    """joblog_runs{status} comes from run_status_counts (kept by job_logs' triggers), a few rows whatever the runs."""
+    await project(run_events(name="20261129083000"))
+    await project(run_events(name="20261129083100", fail=True))
+    await project(run_events(name="20261129083200")[:2])  # still processing
+    text = await (await client.get("/metrics")).text()
+    for status, runs in (("success", 1), ("error", 1), ("processing", 1), ("new", 0)):
+        assert f'joblog_runs{{status="{status}"}} {runs}.0' in text, status
+
+    # What the counters say is what the scrape says (here a shard that counts 1,000 more, as if projected).
+    await db.execute("INSERT INTO run_status_counts (status, shard, runs) VALUES ('success', 15, 1000) "
+                     "ON CONFLICT (status, shard) DO UPDATE SET runs = run_status_counts.runs + 1000")
+    assert 'joblog_runs{status="success"} 1001.0' in await (await client.get("/metrics")).text()

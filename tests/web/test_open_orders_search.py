@@ -30,7 +30,8 @@ async def test_the_search_is_answered_from_the_trigram_index(db):
                                'EUR', 10, 1, 'h', now() FROM generate_series(1, 20000) AS i""")
     await db.execute("ANALYZE open_orders")
     async with db.transaction():
-        rows, total = await web_db.list_open_orders(db, search="baltic", sort="order_number", descending=False, limit=50, offset=0)
+        rows, _ = await web_db.list_open_orders(db, search="baltic", sort="order_number", descending=False, limit=50)
+        total = await web_db.count_open_orders(db, "baltic")
         scans = await db.fetchval("SELECT pg_stat_get_xact_numscans('open_orders_search'::regclass)")
     assert [r["order_number"] for r in rows] == ["SO-100002"] and total == 1
     assert scans >= 1  # the query's expression is the index's: change one, change both
@@ -40,7 +41,7 @@ async def test_the_search_matches_number_name_or_code_case_blind_and_literally(d
     await _orders(db)
 
     async def found(q: str) -> list[str]:
-        rows, _ = await web_db.list_open_orders(db, search=q, sort="order_number", descending=False, limit=50, offset=0)
+        rows, _ = await web_db.list_open_orders(db, search=q, sort="order_number", descending=False, limit=50)
         return [r["order_number"] for r in rows]
 
     assert await found("so-1000") == ["SO-100001", "SO-100002"]
