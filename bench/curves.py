@@ -7,7 +7,8 @@ Each size is a cached web dataset (bench/web_data.py: 20 details per run, genera
 `python -m joblog web` on it, and wrk -t1 -c16 for a short while per page: the index (cached
 per projection version), a run page over 2,000 random runs (mostly not cached), a job's runs
 (`/?job=purge_closed_orders`, a tenth of the runs), the failed runs (`/?status=error`, a
-fiftieth), the index's 100th page by keyset, and /metrics (runs per status from the projection's
+fiftieth), the index's 100th page by keyset, a job's page with its charts, search for a rare and
+a common text, and /metrics (runs per status from the projection's
 counters, run_status_counts of migration 0013; a GROUP BY over every run until then). The slope is
 log(p50 at the largest size / p50 at the smallest) / log(largest / smallest): 0 is flat, 1 grows
 with the data.
@@ -68,6 +69,9 @@ async def measure(servers: Servers, runs: int) -> dict[str, dict[str, float]]:
                 "a job's runs `/?job=purge_closed_orders`": (base + "/?job=purge_closed_orders", None),
                 "failed runs `/?status=error`": (base + "/?status=error", None),
                 "index page 100 (keyset)": (base + f"/?before={cursor}", None),
+                "job page `/jobs/sync_open_orders` (charts)": (base + "/jobs/sync_open_orders", None),
+                "search `/search?q=SO-104711` (rare)": (base + "/search?q=SO-104711", None),
+                "search `/search?q=of+40000+orders` (common)": (base + "/search?q=of+40000+orders", None),
                 "`/metrics`": (base + "/metrics", None),
             }
             for label, (url, lua) in pages.items():
