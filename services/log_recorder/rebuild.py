@@ -220,6 +220,9 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
 PURGED = "SELECT COALESCE((SELECT purged_messages FROM stream_purges WHERE stream = $1), 0)"
 
 
+HOLD_PURGES = "SELECT count(*) FROM (SELECT 1 FROM deleted_runs WHERE purged_at IS NULL FOR UPDATE) AS unpurged"
+
+
 async def check_stream(conn: asyncpg.Connection, js: Any, stream: str, after: int = 0) -> None:
     """Refuse a stream that lost messages joblog did not purge itself (limits, a manual purge, a lost node).
 
@@ -228,9 +231,14 @@ async def check_stream(conn: asyncpg.Connection, js: Any, stream: str, after: in
     means a rebuild would lose or change the runs those messages held. From a snapshot at `after`,
     only the messages after it matter: limits remove the oldest first, so a stream starting right
     after the snapshot (or earlier) is whole where it counts."""
-    state = (await js.stream_info(stream)).state
+    async with conn.transaction():
+        # A reaper purges a claimed run's messages before it commits their count: wait for the
+        # purges in flight (their tombstones are locked until then) and keep others from starting
+        # until both sides have been read, so neither is seen without the other.
+        await conn.execute(HOLD_PURGES)
+        state = (await js.stream_info(stream)).state
+        purged = await conn.fetchval(PURGED, stream)
     removed = state.last_seq - state.messages
-    purged = await conn.fetchval(PURGED, stream)
     if removed <= purged or (after and state.first_seq <= after + 1):
         return
     if state.first_seq > 1 and state.first_seq - 1 > purged:
