@@ -360,8 +360,8 @@ def openapi_document() -> dict[str, Any]:
         _param("q", "query", {"type": "string", "maxLength": 100}, "Order number, customer name or code contains this."),
         _param("sort", "query", {"type": "string", "enum": list(db.ORDER_SORTS)}, "Column to sort by."),
         _param("dir", "query", {"type": "string", "enum": ["asc", "desc"]}, "Sort direction."),
-        _param("after", "query", {"type": "string", "maxLength": params.ORDER_CURSOR_MOST}, "The next_cursor of the page before (same sort and dir)."),
-        _param("before", "query", {"type": "string", "maxLength": params.ORDER_CURSOR_MOST}, "The prev_cursor of the page after (same sort and dir)."),
+        _param("after", "query", {"type": "string", "pattern": "^[A-Za-z0-9_-]*$", "maxLength": params.ORDER_CURSOR_MOST}, "The next_cursor of the page before (same sort and dir)."),
+        _param("before", "query", {"type": "string", "pattern": "^[A-Za-z0-9_-]*$", "maxLength": params.ORDER_CURSOR_MOST}, "The prev_cursor of the page after (same sort and dir)."),
         _param("page", "query", {"type": "integer", "minimum": 1, "maximum": 100_000}, "Page number (older clients; by offset, slower the deeper)."),
     ]
     return {
