@@ -85,13 +85,11 @@ def upsert_statement(checked: str) -> str:
     Rows that are not ok are left alone and their positions returned (the bulk path's rows that
     Python must look at)."""
     return f"""
-WITH checked AS MATERIALIZED ({checked}), staged AS (
-    SELECT s.* FROM checked s WHERE s.ok
-), seen AS (
-    INSERT INTO order_seen SELECT order_number FROM staged
+WITH checked AS MATERIALIZED ({checked}), seen AS (
+    INSERT INTO order_seen SELECT order_number FROM checked WHERE ok
 ), fresh AS (
-    SELECT s.* FROM staged s
-    WHERE s.row_hash IS DISTINCT FROM (  -- one primary key lookup per row (closed_at in the WHERE picks another index)
+    SELECT s.* FROM checked s
+    WHERE s.ok AND s.row_hash IS DISTINCT FROM (  -- a primary key lookup (closed_at in the WHERE picks another index)
         SELECT CASE WHEN o.closed_at IS NULL THEN o.row_hash END FROM open_orders o WHERE o.order_number = s.order_number
     )
 ), written AS (
@@ -106,10 +104,10 @@ WITH checked AS MATERIALIZED ({checked}), staged AS (
     WHERE open_orders.row_hash IS DISTINCT FROM EXCLUDED.row_hash OR open_orders.closed_at IS NOT NULL
     RETURNING (xmax = 0) AS created
 )
-SELECT (SELECT count(*) FROM staged) AS staged,
+SELECT count(*) FILTER (WHERE ok) AS staged, array_agg(pos ORDER BY pos) FILTER (WHERE NOT ok) AS rejected,
        (SELECT count(*) FILTER (WHERE created) FROM written) AS created,
-       (SELECT count(*) FILTER (WHERE NOT created) FROM written) AS updated,
-       (SELECT array_agg(pos ORDER BY pos) FROM checked WHERE NOT ok) AS rejected
+       (SELECT count(*) FILTER (WHERE NOT created) FROM written) AS updated
+FROM checked
 """
 
 
@@ -203,7 +201,8 @@ def bulk_checked(fields: dict[str, int], empty_is_null: bool, duplicates: bool) 
                {raw("requested_ship_date")}::date AS requested_ship_date, {raw("requested_ship_date")} AS requested_ship_date_in,
                {text("warehouse")} AS warehouse, {text("currency")} AS currency,
                {raw("total_amount")}::numeric AS total_amount, {raw("total_amount")} AS total_amount_in,
-               {raw("line_count")}::numeric AS line_count, {raw("line_count")} AS line_count_in,
+               CASE WHEN octet_length({raw("line_count")}) <= 10 THEN {raw("line_count")}::bigint END AS line_count,
+               {raw("line_count")} AS line_count_in,
                {raw("updated_at")}::timestamptz AS updated_at, {raw("updated_at")} AS updated_at_in
         FROM order_raw r WHERE r.ctid >= $3::tid AND r.ctid < $4::tid
         OFFSET 0"""  # OFFSET 0: each cast once per row, not once per use below
@@ -217,7 +216,7 @@ def bulk_checked(fields: dict[str, int], empty_is_null: bool, duplicates: bool) 
         AND octet_length(c.currency) = 3 AND ltrim(c.currency, '{UPPERCASE}') = ''
         AND c.total_amount >= 0 AND c.total_amount < 1e12 AND scale(c.total_amount) <= 2
         AND c.total_amount::text = c.total_amount_in
-        AND c.line_count BETWEEN 1 AND 2147483647 AND scale(c.line_count) = 0 AND c.line_count::text = c.line_count_in
+        AND c.line_count BETWEEN 1 AND 2147483647 AND c.line_count::text = c.line_count_in
         AND (c.updated_at_in IS NULL OR c.updated_at BETWEEN '1000-01-01' AND '9999-01-01'
              AND (octet_length(c.updated_at_in) = 25 AND right(c.updated_at_in, 6) = '+00:00'
                   OR octet_length(c.updated_at_in) = 20 AND right(c.updated_at_in, 1) = 'Z')

@@ -283,3 +283,24 @@ def test_the_whitespace_sql_strips_is_what_pydantic_strips():
     stripped = {c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF and Stripped(value=chr(c) + "a").value == "a"}
 
     assert stripped == set(map(ord, db.PYDANTIC_WHITESPACE))
+
+
+async def test_a_bulk_sync_cancelled_midway_stops_at_its_next_chunk(pool, make_worker_settings, tmp_path: Path):
+    import asyncio
+
+    from tests.conftest import eventually
+
+    path = tmp_path / "orders.csv"
+    write(path, list(generate_orders(20_000)))
+    spec = registry.get("sync_open_orders")
+    ctx = await create_run(spec, make_worker_settings(orders_csv_path=path, sync_batch_size=50, sync_progress_interval=0),
+                           pool, trigger="cli")
+    run = asyncio.create_task(execute_run(spec, ctx))
+    await eventually(lambda: pool.fetchval("SELECT count(*) > 0 FROM open_orders"), interval=0.01)
+
+    assert ctx.cancel("alice")
+    assert not await run
+
+    failed = json.loads(await pool.fetchval("SELECT convert_from(payload, 'UTF8') FROM outbox WHERE subject LIKE '%.failed'"))
+    assert (failed["error_class"], failed["error_message"]) == ("RunCancelled", "cancelled by alice")
+    assert 0 < await pool.fetchval("SELECT count(*) FROM open_orders") < 20_000
