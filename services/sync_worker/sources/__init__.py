@@ -1,10 +1,10 @@
 """Order sources: where SyncOpenOrdersJob reads the ERP's open orders."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from services.sync_worker.settings import WorkerSettings
 
@@ -18,6 +18,30 @@ class OrderSource(Protocol):
 
     def connect(self) -> AbstractAsyncContextManager[AsyncIterator[list[RawOrder]]]:
         """Open the source; the context's value iterates over batches of raw rows."""
+        ...
+
+
+@dataclass(frozen=True)
+class BulkRows:
+    """A source's rows as Postgres can COPY them: CSV bytes, header line first."""
+
+    columns: list[str]  # the header's names, in the order of the fields
+    data: AsyncIterator[bytes]
+    empty_is_null: bool  # an empty field is "no value" (a CSV file cannot say otherwise)
+
+
+class NotBulk(Exception):
+    """Raised from BulkRows.data when Postgres would not read the rows exactly as the per-row path does.
+
+    Nothing has been written when it is raised: the run takes the per-row path instead."""
+
+
+@runtime_checkable
+class BulkSource(OrderSource, Protocol):
+    """A source that can also hand Postgres all its rows at once."""
+
+    def bulk(self) -> AbstractAsyncContextManager[BulkRows | None]:
+        """Open the source for COPY; None when it must be read row by row after all."""
         ...
 
 
