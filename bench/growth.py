@@ -95,7 +95,7 @@ async def growth(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     slope = -math.log(b / a) / math.log(large / small) if a > 0 and b > 0 and large > small else math.inf
     exact = all(by_size[n]["exact"] for n in sizes)
     return [Result(
-        "9. Projection throughput as the tables grow", points, f"raw pull+ack of the same stream at each size; "
+        "10. Projection throughput as the tables grow", points, f"raw pull+ack of the same stream at each size; "
         f"the share at {small:,} runs", f"slope {slope:+.2f}", "flat (slope ~0)", abs(slope) < 0.2 and exact, COMMAND,
         [f"{int(by_size[small]['events']):,} events of realistic runs per size into the cached datasets; every run "
          f"projected exactly: {exact}; positive slope = slower per event as the tables grow"],
