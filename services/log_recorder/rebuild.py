@@ -220,7 +220,9 @@ async def swap(conn: asyncpg.Connection, replay: Replay, js: Any, stream: str, r
 PURGED = "SELECT COALESCE((SELECT purged_messages FROM stream_purges WHERE stream = $1), 0)"
 
 
-HOLD_PURGES = "SELECT count(*) FROM (SELECT 1 FROM deleted_runs WHERE purged_at IS NULL FOR UPDATE) AS unpurged"
+# EXCLUSIVE conflicts with the ROW SHARE a reaper's claim (SELECT ... FOR UPDATE) holds while it purges:
+# it waits for the purges in flight and holds new claims back, without locking every tombstone row.
+HOLD_PURGES = "LOCK TABLE deleted_runs IN EXCLUSIVE MODE"
 
 
 async def check_stream(conn: asyncpg.Connection, js: Any, stream: str, after: int = 0) -> None:
@@ -233,8 +235,8 @@ async def check_stream(conn: asyncpg.Connection, js: Any, stream: str, after: in
     after the snapshot (or earlier) is whole where it counts."""
     async with conn.transaction():
         # A reaper purges a claimed run's messages before it commits their count: wait for the
-        # purges in flight (their tombstones are locked until then) and keep others from starting
-        # until both sides have been read, so neither is seen without the other.
+        # purges in flight and keep others from starting until both sides have been read, so
+        # neither is seen without the other.
         await conn.execute(HOLD_PURGES)
         state = (await js.stream_info(stream)).state
         purged = await conn.fetchval(PURGED, stream)
