@@ -95,6 +95,9 @@ async def prepare(conn: asyncpg.Connection) -> tuple[list[tuple[str, str]], list
     for live, fresh in ((db.LIVE.runs, db.REBUILD.runs), (db.LIVE.details, db.REBUILD.details)):
         constraints, indexes = await _shape(conn, live)
         await conn.execute(f"CREATE TABLE {fresh} (LIKE {live} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED)")
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE oid = $1::regclass", live)
+        if options:  # LIKE copies no storage parameters: job_logs' fillfactor keeps its steps' updates HOT
+            await conn.execute(f"ALTER TABLE {fresh} SET ({', '.join(options)})")
         for name, definition in constraints:
             await conn.execute(f'ALTER TABLE {fresh} ADD CONSTRAINT "{name}{SUFFIX}" {_retarget(definition)}')
             renames.append(("constraint", name))

@@ -85,13 +85,15 @@ async def newest(conn: asyncpg.Connection, stream: str) -> Snapshot | None:
 
 
 async def _columns(conn: asyncpg.Connection, table: str) -> list[str]:
+    """The table's columns that can be written (a generated one, like job_logs.has_gap, is computed)."""
     return [r["attname"] for r in await conn.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
-        "ORDER BY attnum", table)]
+        "AND attgenerated = '' ORDER BY attnum", table)]
 
 
 async def restore(conn: asyncpg.Connection) -> None:
-    """Load the snapshot into the rebuild's fresh tables: the columns both have (a column added since gets its default)."""
+    """Load the snapshot into the rebuild's fresh tables: the columns both have (a column added since gets its
+    default, a generated one is computed again)."""
     for snapshot, fresh in ((RUNS, db.REBUILD.runs), (DETAILS, db.REBUILD.details)):
         wanted = set(await _columns(conn, fresh))
         shared = ", ".join(f'"{c}"' for c in await _columns(conn, snapshot) if c in wanted)

@@ -12,7 +12,7 @@ import asyncpg
 # FROM are not inlined, and Postgres sets each call up again at every execution of a statement (~0.15 ms
 # of its CPU for the two per run row, NULL seen_seqs included; 50 rows of the index: ~7 ms); as subqueries
 # they are planned once with the statement. tests/web/test_run_page_cache.py checks they agree with the
-# functions (which the partial index job_logs_with_gap and the ?gap= filter keep using).
+# functions. The ?gap= filter reads the stored column has_gap (migration 0014, indexed by job_logs_with_gap).
 SEQ_GAP = """(SELECT CASE
         WHEN b IS NULL OR isempty(b) THEN NULL
         WHEN lower(b) > 1 THEN 0
@@ -59,7 +59,7 @@ async def list_runs(
         args.append(fingerprint)
         where.append(f"error_fingerprint = ${len(args)}")
     if gap:  # runs whose events have a gap (job_logs_with_gap)
-        where.append("joblog_seq_gap(seen_seqs) IS NOT NULL")
+        where.append("has_gap")
     if before:
         args.extend(before)
         where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
