@@ -138,8 +138,8 @@ async def nats_server_version(url: str) -> str:
         await nc.close()
 
 
-async def create_database(servers: Servers, name: str) -> str:
-    """A fresh, migrated database; returns its DSN."""
+async def create_database(servers: Servers, name: str, tree: Path = ROOT) -> str:
+    """A fresh database migrated by checkout `tree` (a baseline's schema is its own); returns its DSN."""
     admin = await asyncpg.connect(servers.admin_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -147,6 +147,11 @@ async def create_database(servers: Servers, name: str) -> str:
     finally:
         await admin.close()
     dsn = servers.dsn(name)
+    if tree != ROOT:
+        env = {**service_env(servers.nats_url, dsn, "UNUSED", "unused"), "PYTHONPATH": str(tree)}
+        await asyncio.to_thread(subprocess.run, [PYTHON, "-m", "joblog", "migrate", "--no-streams"], env=env, cwd=tree,
+                                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return dsn
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)
@@ -164,12 +169,12 @@ async def drop_database(servers: Servers, name: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def scratch(servers: Servers, label: str) -> AsyncIterator[tuple[str, str, str]]:
-    """A migrated database joblog_bench_<label>_<id>, a stream name and a subject prefix; all removed after."""
+async def scratch(servers: Servers, label: str, tree: Path = ROOT) -> AsyncIterator[tuple[str, str, str]]:
+    """A database joblog_bench_<label>_<id> migrated by `tree`, a stream name and a subject prefix; all removed after."""
     tag = uuid.uuid4().hex[:8]
     database = f"joblog_bench_{label}_{tag}"
     stream, prefix = f"BENCH_{label.upper()}_{tag}", f"bench{tag}"
-    dsn = await create_database(servers, database)
+    dsn = await create_database(servers, database, tree)
     try:
         yield dsn, stream, prefix
     finally:
