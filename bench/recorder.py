@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.common import (
@@ -122,6 +124,43 @@ async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool 
     return seen / elapsed
 
 
+async def raw_share(js, stream: str, batch: int, tag: str) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
+    """One of several raw consumers sharing one durable (as recorders share theirs): fetch and ack until the
+    consumer has nothing left; (messages acked, time.time() of the first fetch, of the last ack)."""
+    durable = f"bench_raw_share{tag}"
+    with contextlib.suppress(nats.js.errors.BadRequestError):  # the other process created it first
+        await js.add_consumer(stream, ConsumerConfig(
+            name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=50_000, max_deliver=-1))
+    sub = await js.pull_subscribe_bind(durable, stream=stream)
+    seen, first, last = 0, time.time(), 0.0
+    while True:
+        try:
+            messages = await sub.fetch(batch, timeout=0.5)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            info = await js.consumer_info(stream, durable)
+            if not info.num_pending and not info.num_ack_pending:
+                break
+            continue
+        for message in messages:
+            await message.ack()
+        seen, last = seen + len(messages), time.time()
+    await sub.unsubscribe()
+    return seen, first, last
+
+
+async def raw_shared_rate(servers: Servers, stream: str, total: int, batch: int, processes: int) -> float:
+    """The raw limit of `processes` consumer processes sharing one durable: all events / first fetch to last ack."""
+    tag = uuid.uuid4().hex[:6]
+    children = [await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "bench.raw_consumer", servers.nats_url, stream, str(total), str(batch), tag, "--share",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE) for _ in range(processes)]
+    results = [(await child.communicate())[0].split() for child in children]
+    seen = sum(int(r[0]) for r in results)
+    began, ended = min(float(r[1]) for r in results), max(float(r[2]) for r in results)
+    return seen / (ended - began) if ended > began else 0.0
+
+
 async def applied(conn: asyncpg.Connection) -> int:
     return await conn.fetchval("SELECT COALESCE(sum(applied_events), 0)::bigint FROM projection_state") or 0
 
@@ -155,6 +194,22 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
             baseline = _baseline()
             if baseline is not None:
                 before = await alternating_rounds(servers, env, stream, len(messages), batch, runs, details, baseline)
+            # Scale-out: two recorders sharing one durable (into a database of their own), and two raw
+            # consumers sharing one, on the same stream.
+            pair_db = await create_database(servers, f"joblog_bench_rec_pair_{uuid.uuid4().hex[:8]}")
+            try:
+                pair_conn = await asyncpg.connect(pair_db)
+                try:
+                    pair_env = {**env, "JOBLOG_DATABASE_URL": pair_db, "JOBLOG_RECORDER_CONSUMER": "bench_pair"}
+                    pair_rate, pair_done, _ = await recorders_rate(pair_conn, pair_env, len(messages), 2)
+                    pair_exact = await pair_conn.fetchval(
+                        "SELECT (SELECT count(*) FROM job_logs WHERE status = 'success') = $1 "
+                        "AND (SELECT count(*) FROM job_log_details) = $2", runs, details)
+                finally:
+                    await pair_conn.close()
+            finally:
+                await drop_database(servers, pair_db.rsplit("/", 1)[1])
+            raw_pair = await raw_shared_rate(servers, stream, len(messages), batch, 2)
         finally:
             await conn.close()
             await nc.close()
@@ -172,7 +227,20 @@ async def recorder_throughput(servers: Servers) -> tuple[list[Result], dict[str,
         + ([before] if before else []),
         {"ratio": ratio >= 0.95, "exact": complete}, server,
     )
-    return [result], {"recorder (throughput)": rss}
+    pair_ratio = pair_rate / limit if limit else 0.0
+    pair_ok = bool(pair_done and pair_exact)
+    pair = Result(
+        "1c. Two recorders sharing the consumer", f"{pair_rate:,.0f} events/s",
+        f"{limit:,.0f} events/s (row 1's raw pull+ack, one consumer process)", f"{pair_ratio:.2f}",
+        ">= 0.95 of raw pull+ack (several recorders allowed)", pair_ratio >= 0.95 and pair_ok,
+        "JOBLOG_BENCH_SCALE=1 .venv/bin/python -m bench recorder_throughput",
+        [f"the same {len(messages):,} events, two `joblog recorder` processes on one durable consumer into a database of "
+         f"their own; projection exact: {pair_ok}; {pair_rate / rate if rate else 0:.2f}x one recorder (row 1)",
+         f"two raw consumer processes sharing one durable, same stream: {raw_pair:,.0f} events/s "
+         f"({raw_pair / limit if limit else 0:.2f}x one); the pair of recorders is {pair_rate / raw_pair if raw_pair else 0:.2f} of that"],
+        {"ratio": pair_ratio >= 0.95, "exact": pair_ok}, server,
+    )
+    return [result, pair], {"recorder (throughput)": rss}
 
 
 async def raw_beside_postgres(servers: Servers, stream: str, messages: list[tuple[str, str, bytes]], batch: int,
@@ -258,13 +326,20 @@ async def _exact(conn: asyncpg.Connection, runs: int, details: int) -> bool:
 async def recorder_rate(conn: asyncpg.Connection, env: dict[str, str], total: int, tree: Path = ROOT) -> tuple[float, bool, float]:
     """`python -m joblog recorder` (of the checkout `tree`) as its own process on a stream already holding
     total events: (events/s from its first committed batch to the last, whether all were applied, its peak RSS)."""
-    with service_process("recorder", env, tree) as process:
-        # Time from the first committed batch, so the process's start-up is not counted.
+    return await recorders_rate(conn, env, total, 1, tree)
+
+
+async def recorders_rate(conn: asyncpg.Connection, env: dict[str, str], total: int, processes: int,
+                         tree: Path = ROOT) -> tuple[float, bool, float]:
+    """recorder_rate with `processes` recorders sharing the durable consumer (the highest peak RSS)."""
+    with contextlib.ExitStack() as stack:
+        recorders = [stack.enter_context(service_process("recorder", env, tree)) for _ in range(processes)]
+        # Time from the first committed batch, so the processes' start-up is not counted.
         await wait_until(lambda: _positive(conn), timeout=60, interval=0.01)
         first_at, first = time.perf_counter(), await applied(conn)
         done = await wait_until(lambda: _reached(conn, total), timeout=600, interval=0.02)
         elapsed = time.perf_counter() - first_at
-        rss = peak_rss_mb(process.pid)
+        rss = max(peak_rss_mb(process.pid) for process in recorders)
         final = await applied(conn)
     return ((final - first) / elapsed if elapsed > 0 else 0.0), done, rss
 
