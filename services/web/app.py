@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from services.web.live import RunFeed
 from services.web.metrics import Metrics
 from services.web.middleware import authentication, error_pages, same_origin_posts, security_headers
 from services.web.present import install_filters
+from services.web.processes import MULTIPROC_DIR, Supervisor
 from services.web.routes import setup_routes
 from services.web.settings import WebSettings
 
@@ -42,6 +44,8 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = pool
         async with ProjectionVersion(settings.database_url) as version:  # cache hits without a round trip
             app[PAGE_CACHE].projection = version
+            if AUTHENTICATOR in app:
+                app[AUTHENTICATOR].share_failures(pool)  # the sign-in limit counts in Postgres, for every web process
             yield
             app[PAGE_CACHE].projection = None
 
@@ -81,7 +85,8 @@ async def _close_streams(app: web.Application) -> None:
 
 def create_app(settings: WebSettings) -> web.Application:
     """The web app for these settings; Postgres and NATS are opened on startup."""
-    metrics = Metrics()
+    # Several web processes share prometheus_client's multiprocess directory, which their supervisor made.
+    metrics = Metrics(os.environ.get(MULTIPROC_DIR) if settings.web_processes > 1 else None)
     auth = authenticator(settings)
     middlewares = [metrics.middleware(), security_headers, error_pages, authentication(auth), same_origin_posts]
     # Long query strings (up to 32 kB) reach the handlers, so they get a helpful 400, not the parser's.
@@ -113,10 +118,11 @@ def create_app(settings: WebSettings) -> web.Application:
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
-    """The HTTPS context of JOBLOG_WEB_TLS_CERT/_KEY (None: plain HTTP); a file it cannot use stops the web."""
+def tls_context(settings: WebSettings, *, quiet: bool = False) -> ssl.SSLContext | None:
+    """The HTTPS context of JOBLOG_WEB_TLS_CERT/_KEY (None: plain HTTP); a file it cannot use stops the web.
+    quiet: no warning about plain HTTP (each of several web processes; the supervisor said it once)."""
     if settings.web_tls_cert is None or settings.web_tls_key is None:
-        if settings.auth_enabled and settings.web_host not in LOOPBACK:
+        if settings.auth_enabled and settings.web_host not in LOOPBACK and not quiet:
             log.warning("passwords travel in clear: HTTP Basic over plain HTTP on a non-loopback address",
                         host=settings.web_host, fix="set JOBLOG_WEB_TLS_CERT and JOBLOG_WEB_TLS_KEY, or serve behind a TLS reverse proxy")
         return None
@@ -131,8 +137,9 @@ def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
     return context
 
 
-def serve(settings: WebSettings) -> None:
-    """Serve until SIGTERM/SIGINT; without a password only on the loopback address."""
+def serve(settings: WebSettings) -> int:
+    """Serve until SIGTERM/SIGINT; without a password only on the loopback address. The exit code: 0 once
+    stopped; with several processes (JOBLOG_WEB_PROCESSES), 1 when they could not be kept serving."""
     context = tls_context(settings)  # a certificate it cannot use stops the web before anything else is said
     if not settings.auth_enabled:
         if settings.web_host not in LOOPBACK:
@@ -141,7 +148,11 @@ def serve(settings: WebSettings) -> None:
             raise SystemExit(2)
         log.warning("web is open: no password or users file set, listening on the loopback address only")
     scheme = "https" if context else "http"
-    log.info("web listening", url=f"{scheme}://{settings.web_host}:{settings.web_port}")
+    url = f"{scheme}://{settings.web_host}:{settings.web_port}"
+    if settings.web_processes > 1:
+        return Supervisor(settings, url).run()  # each process loads the certificate again: contexts do not pickle
+    log.info("web listening", url=url)
     web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, ssl_context=context,
                 print=None, access_log=None)
     log.info("web stopped")
+    return 0
