@@ -62,13 +62,27 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of pid (the web processes of a supervisor, JOBLOG_WEB_PROCESSES > 1)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_of_web(pid: int) -> tuple[float, float]:
+    """CPU time (user, system) of a web: its process and, under a supervisor, every web process it runs."""
+    times = [cpu_seconds(p) for p in (pid, *children(pid))]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 def wrk_cpu(pid: int, url: str, duration: int, script: str | None = None) -> dict[str, float]:
-    """wrk(), plus the web process's own CPU per request (ms; sys_ms the kernel's part of it): what a page
-    costs the web whatever else the machine runs (the shared cores make req/s and latency depend on the
-    neighbours)."""
-    user, system = cpu_seconds(pid)
+    """wrk(), plus the web's own CPU per request (ms; sys_ms the kernel's part of it; all its processes): what
+    a page costs the web whatever else the machine runs (the shared cores make req/s and latency depend on
+    the neighbours)."""
+    user, system = cpu_of_web(pid)
     figures = wrk(url, duration, script)
-    user_after, system_after = cpu_seconds(pid)
+    user_after, system_after = cpu_of_web(pid)
     requests = max(1.0, figures["requests"])
     figures["cpu_ms"] = (user_after - user + system_after - system) * 1000 / requests
     figures["sys_ms"] = (system_after - system) * 1000 / requests
@@ -192,6 +206,28 @@ async def healthz_under_guesses(servers: Servers, dsn: str, duration: int) -> Re
     )
 
 
+WEB_PROCESSES = 2
+
+
+async def run_page_processes(servers: Servers, dsn: str, runs: int, duration: int, processes: int) -> dict[str, float]:
+    """3b with JOBLOG_WEB_PROCESSES=processes: the same random run pages, the same wrk load, one port."""
+    tag = uuid.uuid4().hex[:8]
+    stream, port = f"BENCH_WEB_{tag}", free_port()
+    env = service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port),
+                      JOBLOG_WEB_PROCESSES=str(processes))
+    try:
+        with service_process("web", env) as process, tempfile.TemporaryDirectory() as tmp:
+            wait_for_port(port)
+            base, script = f"http://127.0.0.1:{port}", detail_script(runs, Path(tmp))
+            await asyncio.to_thread(wrk, base + "/runs/x", WARMUP_SECONDS, script)
+            figures = await asyncio.to_thread(wrk_cpu, process.pid, base + "/runs/x", duration, script)
+            figures["processes"] = float(sum(b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+                                             for child in children(process.pid)))  # not multiprocessing's resource tracker
+    finally:
+        await delete_streams(servers.nats_url, stream)
+    return figures
+
+
 async def measure_baseline(servers: Servers, dsn: str, runs: int, duration: int, rows: set[str],
                            repeated: list[str]) -> dict[str, Any] | None:
     """JOBLOG_BENCH_BASELINE=<another checkout> (e.g. /work/main): its web on the same dataset, same load, same run."""
@@ -299,6 +335,8 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             rss = peak_rss_mb(process.pid)
     finally:
         await delete_streams(servers.nats_url, stream)
+    if "run" in rows:
+        figures["run_2"] = await run_page_processes(servers, dsn, runs, duration, WEB_PROCESSES)
     baseline = await measure_baseline(servers, dsn, runs, duration, rows, repeated) if rows & {"index", "run"} else None
     limit = figures["hello"]
     results = []
@@ -328,6 +366,24 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             {"p99": f["p99"] < max_p99, "ratio": ratio >= min_ratio}, server,
         ))
     if "run" in rows:
+        one, several = figures["run"], figures["run_2"]
+        ratio = several["rps"] / limit["rps"]
+        ok = several["p99"] < targets["run"][0] and ratio >= targets["run"][1] and several["errors"] == 0
+        results.append(Result(
+            f"3b2. Web run detail page `/runs/{{name}}`, JOBLOG_WEB_PROCESSES={WEB_PROCESSES}",
+            f"{several['rps']:,.0f} req/s, p50 {several['p50']:.1f} ms, p99 {several['p99']:.1f} ms; "
+            f"{several['rps'] / one['rps']:.2f}x one process ({one['rps']:,.0f} req/s)",
+            f"hello-world {limit['rps']:,.0f} req/s, p99 {limit['p99']:.1f} ms", f"{ratio:.2f}",
+            f"p99 < {targets['run'][0]:.0f} ms and >= {targets['run'][1]:g}", ok,
+            f"JOBLOG_BENCH_WEB_ONLY=run JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
+            [f"the same dataset, random-run script and wrk load as 3b (wrk -t1 -c{CONNECTIONS} -d{duration}s after a "
+             f"{WARMUP_SECONDS} s warm-up), right after it, on a web of {several['processes']:.0f} processes sharing the "
+             f"port (SO_REUSEPORT); {several['requests']:,.0f} requests, {several['errors']:.0f} errors or non-2xx; all "
+             f"its processes' CPU: {several['cpu_ms']:.2f} ms per request ({several['sys_ms']:.2f} in the kernel), one "
+             f"process's in 3b: {one['cpu_ms']:.2f} ms; on {os.cpu_count()} cores shared with wrk, Postgres and whatever "
+             "else runs, more processes only help as far as a core is free"],
+            {"p99": several["p99"] < targets["run"][0], "ratio": ratio >= targets["run"][1]}, server,
+        ))
         for key, title, note in (
             ("run_cached", "3b'. Web run page asked again (the page cache: the floor for a page of this size)",
              f"{REPEATED} random runs' pages over and over, each a full 200 from the page cache (no SQL, no rendering): what "

@@ -6,6 +6,7 @@ import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -24,7 +25,7 @@ from services.web.live import RunFeed
 from services.web.metrics import Metrics
 from services.web.middleware import authentication, error_pages, same_origin_posts, security_headers
 from services.web.present import install_filters
-from services.web.processes import MULTIPROC_DIR, Supervisor
+from services.web.processes import MULTIPROC_DIR, Setup, Supervisor, become_web_process, describe
 from services.web.routes import setup_routes
 from services.web.settings import WebSettings
 
@@ -137,9 +138,10 @@ def tls_context(settings: WebSettings, *, quiet: bool = False) -> ssl.SSLContext
     return context
 
 
-def serve(settings: WebSettings) -> int:
+def serve(settings: WebSettings, *, setup_process: Setup | None = None) -> int:
     """Serve until SIGTERM/SIGINT; without a password only on the loopback address. The exit code: 0 once
-    stopped; with several processes (JOBLOG_WEB_PROCESSES), 1 when they could not be kept serving."""
+    stopped; with several processes (JOBLOG_WEB_PROCESSES), 1 when they could not be kept serving.
+    setup_process: run first in each of several processes (they are fresh interpreters), e.g. logging."""
     context = tls_context(settings)  # a certificate it cannot use stops the web before anything else is said
     if not settings.auth_enabled:
         if settings.web_host not in LOOPBACK:
@@ -150,9 +152,34 @@ def serve(settings: WebSettings) -> int:
     scheme = "https" if context else "http"
     url = f"{scheme}://{settings.web_host}:{settings.web_port}"
     if settings.web_processes > 1:
-        return Supervisor(settings, url).run()  # each process loads the certificate again: contexts do not pickle
+        return Supervisor(settings, url, serve_one, setup_process).run()
     log.info("web listening", url=url)
     web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, ssl_context=context,
                 print=None, access_log=None)
     log.info("web stopped")
     return 0
+
+
+def serve_one(settings: WebSettings, slot: int, report: Connection, parent: int, setup: Setup | None) -> None:
+    """One of several web processes: the app on the shared port (SO_REUSEPORT); it tells the supervisor
+    when it serves, or why it cannot (the supervisor says it, once)."""
+    if setup is not None:
+        setup(settings)
+    become_web_process(slot, parent)
+    serving = False
+
+    def listening(_: str) -> None:  # run_app says it once every site listens
+        nonlocal serving
+        serving = True
+        report.send(("serving", os.getpid()))
+
+    try:
+        # The certificate is loaded again here: an SSL context does not cross to another process.
+        web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port,
+                    ssl_context=tls_context(settings, quiet=True), reuse_port=True, print=listening, access_log=None)
+    except Exception as error:
+        if not serving:
+            report.send(("failed", describe(error)))
+            raise SystemExit(3) from None
+        log.exception("web process failed", pid=os.getpid())
+        raise SystemExit(1) from None

@@ -23,6 +23,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -50,33 +51,18 @@ def _stop_when_orphaned(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_one(settings: WebSettings, slot: int, report: Connection, parent: int) -> None:
-    """One web process: the app on the shared port; tells the supervisor when it serves, or why it cannot."""
-    from aiohttp import web
-
-    from joblog.logs import configure
-    from services.web.app import create_app, tls_context
-
-    os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only, which then stops each process once
-    configure(settings.log_level, settings.log_format)
+def become_web_process(slot: int, parent: int) -> None:
+    """What a web process does first: a process group of its own (a terminal's Ctrl-C reaches the supervisor
+    only, which then stops each process once), its number on every log line, and a watch on the supervisor."""
+    os.setpgrp()
     structlog.contextvars.bind_contextvars(web_process=slot)
     threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True, name="joblog-orphan-watch").start()
-    serving = False
 
-    def listening(_: str) -> None:  # run_app says it once every site listens
-        nonlocal serving
-        serving = True
-        report.send(("serving", os.getpid()))
 
-    try:
-        web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port,
-                    ssl_context=tls_context(settings, quiet=True), reuse_port=True, print=listening, access_log=None)
-    except Exception as error:
-        if not serving:
-            report.send(("failed", describe(error)))  # the supervisor says it, once
-            raise SystemExit(3) from None
-        log.exception("web process failed", pid=os.getpid())
-        raise SystemExit(1) from None
+Setup = Callable[[WebSettings], None]  # e.g. the CLI's logging configuration, run first in each process
+# A web process (services.web.app.serve_one): (settings, slot, the end of the pipe it reports on, the
+# supervisor's pid, setup). It sends ("serving", pid) once it listens, or ("failed", why) when it cannot start.
+Target = Callable[[WebSettings, int, Connection, int, Setup | None], None]
 
 
 @dataclass
@@ -125,8 +111,8 @@ class StopSignals:
 class Supervisor:
     """Starts settings.web_processes web processes and keeps them serving until told to stop."""
 
-    def __init__(self, settings: WebSettings, url: str) -> None:
-        self.settings, self.url = settings, url
+    def __init__(self, settings: WebSettings, url: str, target: Target, setup: Setup | None = None) -> None:
+        self.settings, self.url, self.target, self.setup = settings, url, target, setup
         self.spawn = multiprocessing.get_context("spawn")
         self.children: dict[int, Child] = {}
         self.shared = ""
@@ -148,7 +134,7 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         reports, report = self.spawn.Pipe(duplex=False)
-        process = self.spawn.Process(target=serve_one, args=(self.settings, slot, report, os.getpid()),
+        process = self.spawn.Process(target=self.target, args=(self.settings, slot, report, os.getpid(), self.setup),
                                      name=f"joblog-web-{slot}", daemon=True)  # daemon: stopped if the supervisor exits
         process.start()
         report.close()  # the process holds the other end: when it dies, reading ends
