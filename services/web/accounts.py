@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
@@ -173,7 +172,7 @@ class SignInFailures:
         self._swept = time.monotonic()
 
     async def claim(self, address: str, allowed: int) -> tuple[object | None, float]:
-        """(a token for give_back, 0) when the address may try once more; (None, seconds until it may) when not."""
+        """(when it was claimed, 0) when the address may try once more; (None, seconds until it may) when not."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", FAILURES_LOCK, address)
             row = await conn.fetchrow(CLAIM, address, self.window, allowed)
@@ -181,10 +180,6 @@ class SignInFailures:
             await self._sweep()
             return row["claimed"], 0.0
         return None, row["retry_after"] if row["retry_after"] is not None else self.window
-
-    async def give_back(self, address: str, claimed: object) -> None:
-        """The attempt was not a failure after all (the check could not run)."""
-        await self.pool.execute("DELETE FROM sign_in_failures WHERE address = $1 AND failed_at = $2", address, claimed)
 
     async def forget(self, address: str) -> None:
         """The address signed in: its failures are forgiven."""
@@ -228,7 +223,7 @@ class Authenticator:
         iterations = max((parse_hash(a.password_hash)[0] for a in accounts.values() if a.password_hash), default=ITERATIONS)
         # Unknown names cost a check too, so a reply's timing does not tell which names exist.
         self._decoy = f"{ALGORITHM}${iterations}$decoy${base64.b64encode(bytes(32)).decode()}"
-        self.waiting = 0  # slow checks queued or running now
+        self.waiting = 0  # sign-ins being checked now: claimed in Postgres, queued for or in the password threads
         self.checked = 0  # slow checks done
 
     def share_failures(self, pool: asyncpg.Pool) -> None:
@@ -244,11 +239,15 @@ class Authenticator:
         if not header:
             return None  # no credentials: the browser is about to ask for them; nothing to check or count
         self._refuse_if_limited(address, now)
+        if self.waiting >= self.most_waiting:
+            raise TooBusy()
         # Checks still running here count at once: fifty guesses at once must not all wait for Postgres.
         self._in_flight[address] = self._in_flight.get(address, 0) + 1
+        self.waiting += 1
         try:
             account = await self._claimed_check(header, address)
         finally:
+            self.waiting -= 1
             self._in_flight[address] -= 1
             if not self._in_flight[address]:
                 del self._in_flight[address]
@@ -281,12 +280,7 @@ class Authenticator:
         if claimed is None:
             self._remember_limited(address, time.monotonic() + wait)
             raise TooManyAttempts(max(1, round(wait)))
-        try:
-            account = await self._check(header)
-        except TooBusy:  # not checked: no failure (anything else, a cancelled request too, stays one)
-            with contextlib.suppress(*STORE_ERRORS):
-                await store.give_back(address, claimed)
-            raise
+        account = await self._check(header)  # should the request end before, the claimed failure stays one
         if account is not None:  # the claimed failure, and any before it, are forgiven
             try:
                 await store.forget(address)
@@ -314,15 +308,9 @@ class Authenticator:
         if account is not None and account.password is not None:
             return account if hmac.compare_digest(password.encode(), account.password.encode()) else None
         stored = account.password_hash if account is not None and account.password_hash else self._decoy
-        if self.waiting >= self.most_waiting:
-            raise TooBusy()
-        self.waiting += 1
-        try:
-            async with self._slots:
-                ok = await asyncio.get_running_loop().run_in_executor(self._threads, verify_password, password, stored)
-            self.checked += 1
-        finally:
-            self.waiting -= 1
+        async with self._slots:
+            ok = await asyncio.get_running_loop().run_in_executor(self._threads, verify_password, password, stored)
+        self.checked += 1
         return account if ok and account is not None else None
 
     def close(self) -> None:

@@ -176,7 +176,8 @@ class Supervisor:
                     return 1
                 log.warning("web process failed at start; starting another", web_process=child.slot, reason=reason)
                 time.sleep(failed_in_a_row)  # a short pause, longer each time, so a failing start is no busy loop
-                self._start(child.slot)
+                if signals.requested is None:
+                    self._start(child.slot)
             if not up and all(child.serving for child in self.children.values()):
                 up = True
                 log.info("web listening", url=self.url, processes=len(self.children))

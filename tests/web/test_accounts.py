@@ -138,6 +138,21 @@ async def test_failures_count_for_every_web_process_of_a_database_even_checked_a
     assert await db.fetchval("SELECT count(*) FROM sign_in_failures") == 0  # a sign-in forgives its address's failures
 
 
+async def test_without_postgres_to_count_failures_a_sign_in_is_refused_with_503_never_let_through(make_client, tmp_path, own_postgres):
+    pg, dsn = own_postgres
+    client = await make_client(database_url=dsn, web_users_file=users_file(tmp_path))
+    assert (await client.get("/api/actions", headers=VIEWER)).status == 200  # signed in, remembered
+    await asyncio.to_thread(pg.stop)
+    try:
+        for headers in (OPERATOR, basic("vera", "a guess")):  # the right password, and a wrong one
+            refused = await client.get("/", headers=headers)
+            assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+        assert client.app[AUTHENTICATOR].checked == 1  # neither was checked
+        assert (await client.get("/healthz")).status == 200
+    finally:
+        await asyncio.to_thread(pg.start)
+
+
 async def test_a_flood_of_wrong_passwords_never_delays_health_signed_in_pages_or_the_live_feed(make_client, tmp_path, js, subjects):
     # Every guess is really hashed here (a limit no single address reaches, as from many addresses),
     # at a cost that makes the flood long; what is asserted is order, never time.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -247,3 +248,25 @@ async def test_processes_that_cannot_start_stop_the_web_with_one_line_saying_why
     [line] = web.lines()  # JSON lines only: no traceback
     assert line["level"] == "error" and line["event"] == "the web cannot start" and line["port"] == port
     assert ("address already in use" if trouble == "port taken" else "Connect call failed") in line["reason"]
+
+
+async def test_replacements_that_keep_failing_at_start_stop_the_web_with_one_line(start_web, fresh, postgres_dsn, database_url):
+    web = await start_web()
+
+    async def both() -> set[int]:
+        pids = await answering(fresh, web)
+        return pids if len(pids) == 2 else set()
+
+    killed, _ = sorted(await eventually(both))
+    admin = await asyncpg.connect(postgres_dsn)
+    await admin.execute(f'DROP DATABASE "{database_url.rsplit("/", 1)[1]}" WITH (FORCE)')  # no replacement can start
+    await admin.close()
+    os.kill(killed, signal.SIGKILL)
+
+    assert await web.exited() == 1
+    lines = web.lines()
+    retried = [line for line in lines if line["event"] == "web process failed at start; starting another"]
+    [gave_up] = [line for line in lines if line["level"] == "error"]
+    assert len(retried) == 2 and all("does not exist" in line["reason"] for line in retried)
+    assert gave_up["event"] == "web processes keep failing at start: stopping the web" and gave_up["failures_in_a_row"] == 3
+    assert "does not exist" in gave_up["reason"] and not port_open("127.0.0.1", web.port)
