@@ -161,9 +161,12 @@ async def test_metrics_count_the_requests_of_every_process_whichever_answers_the
     await project(run_events(name="20261129083000"))
     web = await start_web()
     answered = 0
-    while len(await answering(fresh, web, 20)) < 2:  # until both processes answered some of them
+    for _ in range(50):  # until both processes answered some of them
         answered += 20
-    answered += 20
+        if len(await answering(fresh, web, 20)) == 2:
+            break
+    else:
+        raise AssertionError("one process answered 1,000 fresh connections")
 
     for _ in range(10):  # each scrape on a fresh connection, so on either process
         async with fresh.get(web.url + "/metrics", headers=VIEWER) as response:
@@ -225,7 +228,7 @@ async def test_sigterm_stops_every_process_gracefully_and_the_supervisor_exits_0
     assert not any(alive(pid) for pid in pids)
     assert not port_open("127.0.0.1", web.port)
     events = [line["event"] for line in web.lines()]
-    assert events[-2:] == ["web stopping", "web stopped"]
+    assert "web stopping" in events and events[-1] == "web stopped"
     assert not [line for line in web.lines() if line["level"] in ("error", "critical")]
 
 
