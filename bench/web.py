@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -62,13 +63,27 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of pid (the web processes of a supervisor, JOBLOG_WEB_PROCESSES > 1)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_of_web(pid: int) -> tuple[float, float]:
+    """CPU time (user, system) of a web: its process and, under a supervisor, every web process it runs."""
+    times = [cpu_seconds(p) for p in (pid, *children(pid))]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 def wrk_cpu(pid: int, url: str, duration: int, script: str | None = None) -> dict[str, float]:
-    """wrk(), plus the web process's own CPU per request (ms; sys_ms the kernel's part of it): what a page
-    costs the web whatever else the machine runs (the shared cores make req/s and latency depend on the
-    neighbours)."""
-    user, system = cpu_seconds(pid)
+    """wrk(), plus the web's own CPU per request (ms; sys_ms the kernel's part of it; all its processes): what
+    a page costs the web whatever else the machine runs (the shared cores make req/s and latency depend on
+    the neighbours)."""
+    user, system = cpu_of_web(pid)
     figures = wrk(url, duration, script)
-    user_after, system_after = cpu_seconds(pid)
+    user_after, system_after = cpu_of_web(pid)
     requests = max(1.0, figures["requests"])
     figures["cpu_ms"] = (user_after - user + system_after - system) * 1000 / requests
     figures["sys_ms"] = (system_after - system) * 1000 / requests
@@ -192,6 +207,52 @@ async def healthz_under_guesses(servers: Servers, dsn: str, duration: int) -> Re
     )
 
 
+WEB_PROCESSES = 2
+ROUNDS = 3
+
+
+def combined(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Rounds of wrk_cpu() as one figure: mean req/s, median p50 and p99, errors and requests summed, CPU per request."""
+    requests = sum(r["requests"] for r in rounds)
+    return {
+        "rps": statistics.mean(r["rps"] for r in rounds), "p50": statistics.median(r["p50"] for r in rounds),
+        "p99": statistics.median(r["p99"] for r in rounds), "errors": sum(r["errors"] for r in rounds), "requests": requests,
+        "cpu_ms": sum(r["cpu_ms"] * r["requests"] for r in rounds) / max(1.0, requests),
+        "sys_ms": sum(r["sys_ms"] * r["requests"] for r in rounds) / max(1.0, requests),
+    }
+
+
+async def run_page_processes(servers: Servers, dsn: str, runs: int, duration: int,
+                             processes: int) -> tuple[dict[str, float], dict[str, float], list[tuple[float, float]]]:
+    """3b2: the random run pages on a web of `processes` processes (JOBLOG_WEB_PROCESSES) and on a web of one,
+    started side by side and measured in turn, ROUNDS times each, so both meet the same minutes of a shared
+    machine: (several, one, each round's (one, several) req/s)."""
+    tag = uuid.uuid4().hex[:8]
+    stream, ports = f"BENCH_WEB_{tag}", (free_port(), free_port())
+    webs = [service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port), JOBLOG_WEB_PROCESSES=str(n))
+            for port, n in zip(ports, (1, processes))]
+    try:
+        with service_process("web", webs[0]) as one, service_process("web", webs[1]) as several, \
+                tempfile.TemporaryDirectory() as tmp:
+            for port in ports:
+                wait_for_port(port)
+            script, urls = detail_script(runs, Path(tmp)), [f"http://127.0.0.1:{port}/runs/x" for port in ports]
+            for url in urls:
+                await asyncio.to_thread(wrk, url, WARMUP_SECONDS, script)
+            rounds: list[tuple[dict[str, float], dict[str, float]]] = []
+            for _ in range(ROUNDS):
+                alone = await asyncio.to_thread(wrk_cpu, one.pid, urls[0], duration, script)
+                shared = await asyncio.to_thread(wrk_cpu, several.pid, urls[1], duration, script)
+                rounds.append((alone, shared))
+            serving = sum(b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+                          for child in children(several.pid))  # not multiprocessing's resource tracker
+    finally:
+        await delete_streams(servers.nats_url, stream)
+    figures = combined([r[1] for r in rounds])
+    figures["processes"] = float(serving)
+    return figures, combined([r[0] for r in rounds]), [(a["rps"], b["rps"]) for a, b in rounds]
+
+
 async def measure_baseline(servers: Servers, dsn: str, runs: int, duration: int, rows: set[str],
                            repeated: list[str]) -> dict[str, Any] | None:
     """JOBLOG_BENCH_BASELINE=<another checkout> (e.g. /work/main): its web on the same dataset, same load, same run."""
@@ -299,6 +360,8 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             rss = peak_rss_mb(process.pid)
     finally:
         await delete_streams(servers.nats_url, stream)
+    if "run" in rows:
+        figures["run_2"], figures["run_1"], alternated = await run_page_processes(servers, dsn, runs, duration, WEB_PROCESSES)
     baseline = await measure_baseline(servers, dsn, runs, duration, rows, repeated) if rows & {"index", "run"} else None
     limit = figures["hello"]
     results = []
@@ -328,6 +391,27 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             {"p99": f["p99"] < max_p99, "ratio": ratio >= min_ratio}, server,
         ))
     if "run" in rows:
+        one, several = figures["run_1"], figures["run_2"]
+        ratio = several["rps"] / limit["rps"]
+        ok = several["p99"] < targets["run"][0] and ratio >= targets["run"][1] and several["errors"] == 0
+        rounds = ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in alternated)
+        results.append(Result(
+            f"3b2. Web run detail page `/runs/{{name}}`, JOBLOG_WEB_PROCESSES={WEB_PROCESSES}",
+            f"{several['rps']:,.0f} req/s, p50 {several['p50']:.1f} ms, p99 {several['p99']:.1f} ms; "
+            f"{several['rps'] / one['rps']:.2f}x one process ({one['rps']:,.0f} req/s, p99 {one['p99']:.1f} ms)",
+            f"hello-world {limit['rps']:,.0f} req/s, p99 {limit['p99']:.1f} ms", f"{ratio:.2f}",
+            f"p99 < {targets['run'][0]:.0f} ms and >= {targets['run'][1]:g}", ok,
+            f"JOBLOG_BENCH_WEB_ONLY=run JOBLOG_BENCH_WEB_SCALE={web_scale():g} .venv/bin/python -m bench web",
+            [f"the dataset and random-run script of 3b, after it: a web of {several['processes']:.0f} processes sharing the "
+             f"port (SO_REUSEPORT) and a web of one, side by side, measured in turn {ROUNDS} times each (wrk -t1 "
+             f"-c{CONNECTIONS} -d{duration}s, after a {WARMUP_SECONDS} s warm-up of each), so both meet the same minutes; "
+             f"req/s per round, one / {WEB_PROCESSES}: {rounds}; mean req/s, median p50 and p99; "
+             f"{several['requests']:,.0f} and {one['requests']:,.0f} requests, {several['errors'] + one['errors']:.0f} "
+             f"errors or non-2xx; CPU per request: {several['cpu_ms']:.2f} ms over all {WEB_PROCESSES} processes "
+             f"({several['sys_ms']:.2f} in the kernel), {one['cpu_ms']:.2f} ms in the one; on {os.cpu_count()} cores shared "
+             "with wrk, Postgres and whatever else runs, more processes only help as far as a core is free"],
+            {"p99": several["p99"] < targets["run"][0], "ratio": ratio >= targets["run"][1]}, server,
+        ))
         for key, title, note in (
             ("run_cached", "3b'. Web run page asked again (the page cache: the floor for a page of this size)",
              f"{REPEATED} random runs' pages over and over, each a full 200 from the page cache (no SQL, no rendering): what "

@@ -173,8 +173,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = load_settings(WebSettings)
     _logging(settings)
-    serve(settings)
-    return 0
+    return serve(settings, setup_process=_logging)  # each of several web processes logs the same way
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:

@@ -8,6 +8,10 @@ A PBKDF2 check costs ~0.1 s of CPU on purpose, so `Authenticator` runs it in a s
 behind a semaphore, remembers headers that passed for a while (keyed by an HMAC of the header,
 never the password), and after too many failures from one address answers 429 at once, without
 hashing. A flood of wrong guesses thus never delays /healthz, signed-in users or the live feed.
+
+The failures live in Postgres (`SignInFailures`, table sign_in_failures), so the limit is the web's
+as a whole however many processes serve it (JOBLOG_WEB_PROCESSES): each check is first claimed
+there as a failure, under a lock per address, and given back only when the password was right.
 """
 from __future__ import annotations
 
@@ -20,12 +24,14 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import asyncpg
+import structlog
 from aiohttp import web
 
 from services.web.passwords import ALGORITHM, ITERATIONS, parse_hash, verify_password
@@ -33,6 +39,8 @@ from services.web.passwords import ALGORITHM, ITERATIONS, parse_hash, verify_pas
 Role = Literal["viewer", "operator"]
 ROLES: tuple[Role, ...] = ("viewer", "operator")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+log = structlog.get_logger("joblog.web")
 
 
 @dataclass(frozen=True)
@@ -134,8 +142,66 @@ def _yield_to_the_loop() -> None:
         pass
 
 
+# The advisory-lock class of sign_in_failures (two-key form): one lock per client address.
+FAILURES_LOCK = 7305115
+
+# Claims one attempt for an address that has fewer than $3 failures in the last $2 seconds (under the
+# lock taken first, so processes checking the same address at once cannot both see room for one more).
+CLAIM = """
+WITH recent AS (
+    SELECT count(*) AS failures, min(failed_at) AS oldest FROM sign_in_failures
+    WHERE address = $1 AND failed_at > clock_timestamp() - make_interval(secs => $2)
+), claimed AS (
+    INSERT INTO sign_in_failures (address) SELECT $1 FROM recent WHERE failures < $3 RETURNING failed_at
+)
+SELECT (SELECT failed_at FROM claimed) AS claimed,
+       extract(epoch FROM oldest + make_interval(secs => $2) - clock_timestamp())::float8 AS retry_after
+FROM recent
+"""
+
+
+class SignInFailures:
+    """Failed sign-ins by client address in Postgres, shared by every web process.
+
+    An attempt is claimed as a failure before its password is checked, and given back (with the
+    address's other failures) when the password was right: checks running at the same moment in
+    several processes count too, so no burst gets more checks than the limit."""
+
+    def __init__(self, pool: asyncpg.Pool, window: float) -> None:
+        self.pool, self.window = pool, window
+        self._swept = time.monotonic()
+
+    async def claim(self, address: str, allowed: int) -> tuple[object | None, float]:
+        """(when it was claimed, 0) when the address may try once more; (None, seconds until it may) when not."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", FAILURES_LOCK, address)
+            row = await conn.fetchrow(CLAIM, address, self.window, allowed)
+        if row["claimed"] is not None:
+            await self._sweep()
+            return row["claimed"], 0.0
+        return None, row["retry_after"] if row["retry_after"] is not None else self.window
+
+    async def forget(self, address: str) -> None:
+        """The address signed in: its failures are forgiven."""
+        await self.pool.execute("DELETE FROM sign_in_failures WHERE address = $1", address)
+
+    async def _sweep(self) -> None:
+        """About once a window, delete every row past it, so quiet addresses do not stay."""
+        if time.monotonic() - self._swept < self.window:
+            return
+        self._swept = time.monotonic()
+        await self.pool.execute(
+            "DELETE FROM sign_in_failures WHERE failed_at <= clock_timestamp() - make_interval(secs => $1)", self.window,
+        )
+
+
+# What a failure store that cannot be reached raises; the sign-in is refused (503), never let through.
+STORE_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 class Authenticator:
-    """Checks HTTP Basic credentials off the event loop, with a cache of good ones and a per-address limit."""
+    """Checks HTTP Basic credentials off the event loop, with a cache of good ones and a per-address limit
+    (failures counted in Postgres once `share_failures` gave it the pool)."""
 
     def __init__(
         self, accounts: dict[str, Account], *, failures_allowed: int = 10, window: float = 60.0,
@@ -151,13 +217,17 @@ class Authenticator:
         self._slots = asyncio.Semaphore(threads)
         self._key = secrets.token_bytes(32)  # headers are remembered by HMAC under a key only this process knows
         self._accepted: OrderedDict[bytes, tuple[Account, float]] = OrderedDict()
-        self._failures: dict[str, deque[float]] = {}
+        self.failures: SignInFailures | None = None  # set on startup, with the app's pool
+        self._limited: dict[str, float] = {}  # addresses Postgres said are at the limit, until when (monotonic)
         self._in_flight: dict[str, int] = {}
         iterations = max((parse_hash(a.password_hash)[0] for a in accounts.values() if a.password_hash), default=ITERATIONS)
         # Unknown names cost a check too, so a reply's timing does not tell which names exist.
         self._decoy = f"{ALGORITHM}${iterations}$decoy${base64.b64encode(bytes(32)).decode()}"
-        self.waiting = 0  # slow checks queued or running now
+        self.waiting = 0  # sign-ins being checked now: claimed in Postgres, queued for or in the password threads
         self.checked = 0  # slow checks done
+
+    def share_failures(self, pool: asyncpg.Pool) -> None:
+        self.failures = SignInFailures(pool, self.window)
 
     async def authenticate(self, header: str, address: str) -> Account | None:
         """The account these credentials sign in, or None; raises TooManyAttempts or TooBusy without checking anything."""
@@ -169,11 +239,20 @@ class Authenticator:
         if not header:
             return None  # no credentials: the browser is about to ask for them; nothing to check or count
         self._refuse_if_limited(address, now)
-        account = await self._check(header, address)
+        if self.waiting >= self.most_waiting:
+            raise TooBusy()
+        # Checks still running here count at once: fifty guesses at once must not all wait for Postgres.
+        self._in_flight[address] = self._in_flight.get(address, 0) + 1
+        self.waiting += 1
+        try:
+            account = await self._claimed_check(header, address)
+        finally:
+            self.waiting -= 1
+            self._in_flight[address] -= 1
+            if not self._in_flight[address]:
+                del self._in_flight[address]
         if account is None:
-            self._failures.setdefault(address, deque()).append(time.monotonic())
             return None
-        self._failures.pop(address, None)
         self._accepted[key] = (account, time.monotonic() + self.remember)
         self._accepted.move_to_end(key)
         while len(self._accepted) > 1000:
@@ -181,21 +260,44 @@ class Authenticator:
         return account
 
     def _refuse_if_limited(self, address: str, now: float) -> None:
-        failures = self._failures.get(address)
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if failures is not None and not failures:
-            del self._failures[address]
-            failures = None
-        if len(self._failures) > 10_000:  # forget quiet addresses
-            for stale in [a for a, times in self._failures.items() if times[-1] <= now - self.window]:
-                del self._failures[stale]
-        # Checks still running count too: fifty guesses at once must not all get hashed.
-        if len(failures or ()) + self._in_flight.get(address, 0) >= self.failures_allowed:
-            oldest = failures[0] if failures else now
-            raise TooManyAttempts(max(1, round(oldest + self.window - now)))
+        until = self._limited.get(address)
+        if until is not None and until > now:
+            raise TooManyAttempts(max(1, round(until - now)))
+        if until is not None:
+            del self._limited[address]
+        if self._in_flight.get(address, 0) >= self.failures_allowed:
+            raise TooManyAttempts(max(1, round(self.window)))
 
-    async def _check(self, header: str, address: str) -> Account | None:
+    async def _claimed_check(self, header: str, address: str) -> Account | None:
+        store = self.failures
+        if store is None:
+            raise RuntimeError("the Authenticator has no failure store yet (share_failures runs on startup)")
+        try:
+            claimed, wait = await store.claim(address, self.failures_allowed)
+        except STORE_ERRORS as error:
+            log.warning("cannot count sign-in failures: refusing sign-ins", error=repr(error))
+            raise TooBusy() from None
+        if claimed is None:
+            self._remember_limited(address, time.monotonic() + wait)
+            raise TooManyAttempts(max(1, round(wait)))
+        account = await self._check(header)  # should the request end before, the claimed failure stays one
+        if account is not None:  # the claimed failure, and any before it, are forgiven
+            try:
+                await store.forget(address)
+            except STORE_ERRORS as error:
+                log.warning("cannot forget sign-in failures", error=repr(error))
+        return account
+
+    def _remember_limited(self, address: str, until: float) -> None:
+        if len(self._limited) >= 10_000:  # forget the ones that ran out, or all
+            now = time.monotonic()
+            for stale in [a for a, t in self._limited.items() if t <= now]:
+                del self._limited[stale]
+            if len(self._limited) >= 10_000:
+                self._limited.clear()
+        self._limited[address] = until
+
+    async def _check(self, header: str) -> Account | None:
         if not header.startswith("Basic "):
             return None
         try:
@@ -206,19 +308,9 @@ class Authenticator:
         if account is not None and account.password is not None:
             return account if hmac.compare_digest(password.encode(), account.password.encode()) else None
         stored = account.password_hash if account is not None and account.password_hash else self._decoy
-        if self.waiting >= self.most_waiting:
-            raise TooBusy()
-        self._in_flight[address] = self._in_flight.get(address, 0) + 1
-        self.waiting += 1
-        try:
-            async with self._slots:
-                ok = await asyncio.get_running_loop().run_in_executor(self._threads, verify_password, password, stored)
-            self.checked += 1
-        finally:
-            self.waiting -= 1
-            self._in_flight[address] -= 1
-            if not self._in_flight[address]:
-                del self._in_flight[address]
+        async with self._slots:
+            ok = await asyncio.get_running_loop().run_in_executor(self._threads, verify_password, password, stored)
+        self.checked += 1
         return account if ok and account is not None else None
 
     def close(self) -> None:

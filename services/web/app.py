@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -23,6 +25,7 @@ from services.web.live import RunFeed
 from services.web.metrics import Metrics
 from services.web.middleware import authentication, error_pages, same_origin_posts, security_headers
 from services.web.present import install_filters
+from services.web.processes import MULTIPROC_DIR, Setup, Supervisor, become_web_process, describe
 from services.web.routes import setup_routes
 from services.web.settings import WebSettings
 
@@ -42,6 +45,8 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = pool
         async with ProjectionVersion(settings.database_url) as version:  # cache hits without a round trip
             app[PAGE_CACHE].projection = version
+            if AUTHENTICATOR in app:
+                app[AUTHENTICATOR].share_failures(pool)  # the sign-in limit counts in Postgres, for every web process
             yield
             app[PAGE_CACHE].projection = None
 
@@ -81,7 +86,8 @@ async def _close_streams(app: web.Application) -> None:
 
 def create_app(settings: WebSettings) -> web.Application:
     """The web app for these settings; Postgres and NATS are opened on startup."""
-    metrics = Metrics()
+    # Several web processes share prometheus_client's multiprocess directory, which their supervisor made.
+    metrics = Metrics(os.environ.get(MULTIPROC_DIR) if settings.web_processes > 1 else None)
     auth = authenticator(settings)
     middlewares = [metrics.middleware(), security_headers, error_pages, authentication(auth), same_origin_posts]
     # Long query strings (up to 32 kB) reach the handlers, so they get a helpful 400, not the parser's.
@@ -113,10 +119,11 @@ def create_app(settings: WebSettings) -> web.Application:
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
-    """The HTTPS context of JOBLOG_WEB_TLS_CERT/_KEY (None: plain HTTP); a file it cannot use stops the web."""
+def tls_context(settings: WebSettings, *, quiet: bool = False) -> ssl.SSLContext | None:
+    """The HTTPS context of JOBLOG_WEB_TLS_CERT/_KEY (None: plain HTTP); a file it cannot use stops the web.
+    quiet: no warning about plain HTTP (each of several web processes; the supervisor said it once)."""
     if settings.web_tls_cert is None or settings.web_tls_key is None:
-        if settings.auth_enabled and settings.web_host not in LOOPBACK:
+        if settings.auth_enabled and settings.web_host not in LOOPBACK and not quiet:
             log.warning("passwords travel in clear: HTTP Basic over plain HTTP on a non-loopback address",
                         host=settings.web_host, fix="set JOBLOG_WEB_TLS_CERT and JOBLOG_WEB_TLS_KEY, or serve behind a TLS reverse proxy")
         return None
@@ -131,8 +138,10 @@ def tls_context(settings: WebSettings) -> ssl.SSLContext | None:
     return context
 
 
-def serve(settings: WebSettings) -> None:
-    """Serve until SIGTERM/SIGINT; without a password only on the loopback address."""
+def serve(settings: WebSettings, *, setup_process: Setup | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; without a password only on the loopback address. The exit code: 0 once
+    stopped; with several processes (JOBLOG_WEB_PROCESSES), 1 when they could not be kept serving.
+    setup_process: run first in each of several processes (they are fresh interpreters), e.g. logging."""
     context = tls_context(settings)  # a certificate it cannot use stops the web before anything else is said
     if not settings.auth_enabled:
         if settings.web_host not in LOOPBACK:
@@ -141,7 +150,36 @@ def serve(settings: WebSettings) -> None:
             raise SystemExit(2)
         log.warning("web is open: no password or users file set, listening on the loopback address only")
     scheme = "https" if context else "http"
-    log.info("web listening", url=f"{scheme}://{settings.web_host}:{settings.web_port}")
+    url = f"{scheme}://{settings.web_host}:{settings.web_port}"
+    if settings.web_processes > 1:
+        return Supervisor(settings, url, serve_one, setup_process).run()
+    log.info("web listening", url=url)
     web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port, ssl_context=context,
                 print=None, access_log=None)
     log.info("web stopped")
+    return 0
+
+
+def serve_one(settings: WebSettings, slot: int, report: Connection, parent: int, setup: Setup | None) -> None:
+    """One of several web processes: the app on the shared port (SO_REUSEPORT); it tells the supervisor
+    when it serves, or why it cannot (the supervisor says it, once)."""
+    if setup is not None:
+        setup(settings)
+    become_web_process(slot, parent)
+    serving = False
+
+    def listening(_: str) -> None:  # run_app says it once every site listens
+        nonlocal serving
+        serving = True
+        report.send(("serving", os.getpid()))
+
+    try:
+        # The certificate is loaded again here: an SSL context does not cross to another process.
+        web.run_app(create_app(settings), host=settings.web_host, port=settings.web_port,
+                    ssl_context=tls_context(settings, quiet=True), reuse_port=True, print=listening, access_log=None)
+    except Exception as error:
+        if not serving:
+            report.send(("failed", describe(error)))
+            raise SystemExit(3) from None
+        log.exception("web process failed", pid=os.getpid())
+        raise SystemExit(1) from None

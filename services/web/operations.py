@@ -1,6 +1,8 @@
 """Operations endpoints: /healthz (the process answers), /readyz (Postgres and NATS reachable), /metrics."""
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from services.contracts.statuses import STATUSES
@@ -9,7 +11,8 @@ from services.web.keys import DIRECTORY, METRICS, NATS_CONNECTION, POOL
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # Which process answered: with several web processes (JOBLOG_WEB_PROCESSES), for operators and tests.
+    return web.json_response({"status": "ok", "process": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -15,6 +15,10 @@ class WebSettings(CommonSettings):
 
     web_host: str = Field("127.0.0.1", description="Address the web listens on (0.0.0.0 in containers).")
     web_port: int = Field(8080, ge=1, le=65535, description="Port of the web UI and API.")
+    web_processes: int = Field(
+        1, ge=1, le=64,
+        description="Web processes serving the one port (SO_REUSEPORT), under a supervisor when more than 1: about one per core.",
+    )
     admin_password: SecretStr | None = Field(None, description="If set, every page but health needs it (HTTP Basic, user admin).")
     admin_password_hash: SecretStr | None = Field(
         None, description=f"Instead of the password itself: {PASSWORD_HASH_HELP} (make one with `python -m services.web.passwords`).",

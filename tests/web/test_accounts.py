@@ -121,6 +121,38 @@ async def test_fifty_concurrent_guesses_from_one_address_get_only_the_allowed_ch
     assert client.app[AUTHENTICATOR].checked == 10
 
 
+async def test_failures_count_for_every_web_process_of_a_database_even_checked_at_once(make_client, tmp_path, db):
+    # Two apps over one database stand for two web processes (JOBLOG_WEB_PROCESSES, tests/web/test_web_processes.py).
+    first = await make_client(web_users_file=users_file(tmp_path), web_login_failures=10)
+    second = await make_client(web_users_file=users_file(tmp_path), web_login_failures=10)
+    guesses = await asyncio.gather(*(client.get("/", headers=basic("vera", f"guess {i}"))
+                                     for i in range(25) for client in (first, second)))
+    assert sorted(r.status for r in guesses) == [401] * 10 + [429] * 40
+    assert first.app[AUTHENTICATOR].checked + second.app[AUTHENTICATOR].checked == 10
+    assert await db.fetchval("SELECT count(*) FROM sign_in_failures") == 10
+
+    assert (await second.get("/", headers=VIEWER)).status == 429  # limited on both, whichever saw the failures
+    await db.execute("UPDATE sign_in_failures SET failed_at = failed_at - interval '61 seconds'")  # the window passes
+    third = await make_client(web_users_file=users_file(tmp_path), web_login_failures=10)  # no address remembered as limited
+    assert (await third.get("/", headers=VIEWER)).status == 200
+    assert await db.fetchval("SELECT count(*) FROM sign_in_failures") == 0  # a sign-in forgives its address's failures
+
+
+async def test_without_postgres_to_count_failures_a_sign_in_is_refused_with_503_never_let_through(make_client, tmp_path, own_postgres):
+    pg, dsn = own_postgres
+    client = await make_client(database_url=dsn, web_users_file=users_file(tmp_path))
+    assert (await client.get("/api/actions", headers=VIEWER)).status == 200  # signed in, remembered
+    await asyncio.to_thread(pg.stop)
+    try:
+        for headers in (OPERATOR, basic("vera", "a guess")):  # the right password, and a wrong one
+            refused = await client.get("/", headers=headers)
+            assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+        assert client.app[AUTHENTICATOR].checked == 1  # neither was checked
+        assert (await client.get("/healthz")).status == 200
+    finally:
+        await asyncio.to_thread(pg.start)
+
+
 async def test_a_flood_of_wrong_passwords_never_delays_health_signed_in_pages_or_the_live_feed(make_client, tmp_path, js, subjects):
     # Every guess is really hashed here (a limit no single address reaches, as from many addresses),
     # at a cost that makes the flood long; what is asserted is order, never time.
