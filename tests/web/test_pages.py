@@ -138,7 +138,8 @@ async def test_the_monitor_shows_jobs_with_schedule_and_workers_with_their_runs(
 
     async def monitor_page() -> str | None:
         html = await (await client.get("/monitor")).text()
-        return html if "host-a" in html else None
+        # The heartbeat has arrived (the run's own host, host-a, shows before it does).
+        return html if "SyncOpenOrdersJob" in html else None
 
     html = await eventually(monitor_page)
     assert "SyncOpenOrdersJob" in html and "every 15m" in html and "next 20" in html
