@@ -34,9 +34,16 @@ def seconds() -> int:
     return 10 if scale() >= 1 else 5
 
 
-def wrk(url: str, duration: int, script: str | None = None) -> dict[str, float]:
-    """Run wrk (1 thread, CONNECTIONS connections, duration s); requests/s, p50/p99 ms, errors."""
+# What every browser sends: the web answers its cached pages gzip-encoded then (services/web/pages.py).
+BROWSER_ENCODINGS = "gzip, deflate, br"
+
+
+def wrk(url: str, duration: int, script: str | None = None, accept_encoding: str | None = BROWSER_ENCODINGS) -> dict[str, float]:
+    """Run wrk (1 thread, CONNECTIONS connections, duration s), asking as a browser does (accept_encoding
+    None: as a plain client, for the body as it is); requests/s, p50/p99 ms, errors."""
     args = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    if accept_encoding:
+        args += ["-H", f"Accept-Encoding: {accept_encoding}"]
     if script:
         args += ["-s", script]
     out = subprocess.run([*args, url], capture_output=True, text=True, timeout=duration + 30).stdout
@@ -77,12 +84,13 @@ def cpu_of_web(pid: int) -> tuple[float, float]:
     return sum(t[0] for t in times), sum(t[1] for t in times)
 
 
-def wrk_cpu(pid: int, url: str, duration: int, script: str | None = None) -> dict[str, float]:
+def wrk_cpu(pid: int, url: str, duration: int, script: str | None = None,
+            accept_encoding: str | None = BROWSER_ENCODINGS) -> dict[str, float]:
     """wrk(), plus the web's own CPU per request (ms; sys_ms the kernel's part of it; all its processes): what
     a page costs the web whatever else the machine runs (the shared cores make req/s and latency depend on
     the neighbours)."""
     user, system = cpu_of_web(pid)
-    figures = wrk(url, duration, script)
+    figures = wrk(url, duration, script, accept_encoding)
     user_after, system_after = cpu_of_web(pid)
     requests = max(1.0, figures["requests"])
     figures["cpu_ms"] = (user_after - user + system_after - system) * 1000 / requests
@@ -334,9 +342,9 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
     stream, port = f"BENCH_WEB_{tag}", free_port()
     env = service_env(servers.nats_url, dsn, stream, f"bench{tag}", JOBLOG_WEB_PORT=str(port))
 
-    async def measure(key: str, url: str, script: str | None = None) -> None:
-        await asyncio.to_thread(wrk, url, WARMUP_SECONDS, script)
-        figures[key] = await asyncio.to_thread(wrk_cpu, process.pid, url, duration, script)
+    async def measure(key: str, url: str, script: str | None = None, accept_encoding: str | None = BROWSER_ENCODINGS) -> None:
+        await asyncio.to_thread(wrk, url, WARMUP_SECONDS, script, accept_encoding)
+        figures[key] = await asyncio.to_thread(wrk_cpu, process.pid, url, duration, script, accept_encoding)
 
     try:
         with service_process("web", env) as process, tempfile.TemporaryDirectory() as tmp:
@@ -346,10 +354,12 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
             await measure("healthz", base + "/healthz")
             if "index" in rows or "job" in rows or "search" in rows:
                 await measure("index", base + "/")
+                await measure("index_plain", base + "/", accept_encoding=None)  # the page as it is, uncompressed
             if "job" in rows:  # a job's page (charts from job_stats, its last runs by index), uncached
                 await measure("job", base + "/jobs/sync_open_orders")
             if "run" in rows:
                 await measure("run", base + "/runs/x", detail_script(runs, Path(tmp)))
+                await measure("run_plain", base + "/runs/x", detail_script(runs, Path(tmp)), accept_encoding=None)
                 # The same pages asked again and again: from the page cache (the floor of a page of this size
                 # through this app), then as browsers that kept them (If-None-Match: 304s).
                 again, again_etag = await repeat_scripts(base, repeated, Path(tmp))
@@ -383,7 +393,11 @@ async def web(servers: Servers) -> tuple[list[Result], dict[str, float]]:
              f"wrk -t1 -c{CONNECTIONS} -d{duration}s after a {WARMUP_SECONDS} s warm-up; {f['requests']:,.0f} requests, "
              f"{f['errors']:.0f} errors or non-2xx"
              + ("; each request a run drawn at random from the whole dataset (nearly all cache misses)" if key == "run" else "")
-             + (f"; the web's own CPU: {f['cpu_ms']:.2f} ms per request ({f['sys_ms']:.2f} in the kernel)" if "cpu_ms" in f else "")]
+             + (f"; the web's own CPU: {f['cpu_ms']:.2f} ms per request ({f['sys_ms']:.2f} in the kernel)" if "cpu_ms" in f else ""),
+             f"asked as browsers ask (Accept-Encoding: {BROWSER_ENCODINGS}): the cached page goes gzip-encoded, compressed "
+             f"once per page; asked without, the page as it is, same run: {figures[key + '_plain']['rps']:,.0f} req/s, "
+             f"p99 {figures[key + '_plain']['p99']:.1f} ms, {figures[key + '_plain']['rps'] / limit['rps']:.2f} of hello-world"
+             + (f", its CPU {figures[key + '_plain']['cpu_ms']:.2f} ms per request" if "cpu_ms" in figures[key + "_plain"] else "")]
             + ([f"before, same run ({baseline['tree']}): {baseline[key]['rps']:,.0f} req/s, p50 {baseline[key]['p50']:.1f} ms, "
                 f"p99 {baseline[key]['p99']:.1f} ms, {baseline[key]['rps'] / limit['rps']:.2f} of hello-world"
                 + (f", its CPU {baseline[key]['cpu_ms']:.2f} ms per request" if "cpu_ms" in baseline[key] else "")]

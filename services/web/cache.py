@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -27,14 +29,37 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
 
+# gzip level 1: a 37 kB index page becomes 3.4 kB in 0.15 ms (level 6: 3.1 kB in 0.26 ms), once per page.
+GZIP_LEVEL = 1
+
+
+@dataclass(eq=False)
+class Page:
+    """A rendered page, its ETag, and (made on first demand, then kept with it) its gzip encoding."""
+
+    body: bytes
+    etag: str
+    _gzipped: bytes | None = None
+
+    def gzipped(self) -> bytes:
+        if self._gzipped is None:
+            self._gzipped = gzip.compress(self.body, compresslevel=GZIP_LEVEL, mtime=0)
+        return self._gzipped
+
+    @property
+    def gzip_etag(self) -> str:
+        """The gzip encoding's own tag (another representation: another entity tag)."""
+        return self.etag[:-1] + '-gzip"'
+
+
 class PageCache:
-    """A small LRU of rendered page bodies (with their ETag), and the run pages' long parts (run_parts)."""
+    """A small LRU of rendered pages (with their ETag and gzip encoding), and the run pages' long parts (run_parts)."""
 
     def __init__(self, size: int = 512, max_age: float = 5.0, run_parts_bytes: int = 32 * 1024 * 1024) -> None:
         self.size = size
         self.max_age = max_age
-        self._pages: OrderedDict[Hashable, tuple[float, bytes, str]] = OrderedDict()
-        self._rendering: dict[Hashable, asyncio.Future[tuple[bytes, str]]] = {}
+        self._pages: OrderedDict[Hashable, tuple[float, Page]] = OrderedDict()
+        self._rendering: dict[Hashable, asyncio.Future[Page]] = {}
         self.hits = 0
         self.misses = 0
         self.projection: ProjectionVersion | None = None  # set while the app runs (services.web.app)
@@ -46,21 +71,21 @@ class PageCache:
 
     async def page(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> bytes:
         """The page under key: cached, being rendered by another request, or rendered now."""
-        return (await self.tagged(key, render))[0]
+        return (await self.tagged(key, render)).body
 
-    async def tagged(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> tuple[bytes, str]:
-        """The page under key and its ETag (etag_of), as page() finds or renders it."""
+    async def tagged(self, key: Hashable, render: Callable[[], Awaitable[bytes]]) -> Page:
+        """The page under key with its ETag and gzip encoding, as page() finds or renders it."""
         entry = self._pages.get(key)
         if entry is not None and time.monotonic() - entry[0] <= self.max_age:
             self._pages.move_to_end(key)
             self.hits += 1
-            return entry[1], entry[2]
+            return entry[1]
         pending = self._rendering.get(key)
         if pending is not None:
             self.hits += 1
-            return (entry[1], entry[2]) if entry is not None else await asyncio.shield(pending)
+            return entry[1] if entry is not None else await asyncio.shield(pending)
         self.misses += 1
-        future: asyncio.Future[tuple[bytes, str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Page] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # waiters may be none
         self._rendering[key] = future
         try:
@@ -70,15 +95,15 @@ class PageCache:
             raise
         finally:
             del self._rendering[key]
-        found = body, etag_of(body)
+        found = Page(body, etag_of(body))
         future.set_result(found)
-        self._put(key, *found)
+        self._put(key, found)
         return found
 
-    def _put(self, key: Hashable, body: bytes, etag: str) -> None:
+    def _put(self, key: Hashable, page: Page) -> None:
         if self.size <= 0:
             return
-        self._pages[key] = (time.monotonic(), body, etag)
+        self._pages[key] = (time.monotonic(), page)
         self._pages.move_to_end(key)
         while len(self._pages) > self.size:
             self._pages.popitem(last=False)

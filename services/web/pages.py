@@ -14,6 +14,7 @@ from aiohttp import web
 from services.contracts.statuses import STATUSES
 from services.web import db, investigate, params, queries
 from services.web.accounts import account_of
+from services.web.cache import Page
 from services.web.keys import DIRECTORY, PAGE_CACHE, SETTINGS
 from services.web.present import level_options
 
@@ -39,8 +40,7 @@ async def cached(request: web.Request, template: str, load: Callable[[], Awaitab
         assert isinstance(response.body, bytes)
         return response.body
 
-    body = await request.app[PAGE_CACHE].page(key, render)
-    return web.Response(body=body, content_type="text/html", charset="utf-8")
+    return page_response(request, await request.app[PAGE_CACHE].tagged(key, render))
 
 
 async def index(request: web.Request) -> web.Response:
@@ -88,13 +88,46 @@ async def run_detail(request: web.Request) -> web.Response:
                    "notice": params.notice(request), "account": account_of(request)}
         return aiohttp_jinja2.render_string("run.html", request, context).encode()
 
-    body, etag = await request.app[PAGE_CACHE].tagged(await page_key(request), render)
-    # The page depends on who asks (the header, the action buttons): only the browser keeps it, and asks again.
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
-    sent = _entity_tags(request.headers.get("If-None-Match", ""))
-    if etag in sent or "*" in sent:
-        return web.Response(status=304, headers=headers)
+    page = await request.app[PAGE_CACHE].tagged(await page_key(request), render)
+    return page_response(request, page, revalidate=True)
+
+
+def page_response(request: web.Request, page: Page, *, revalidate: bool = False) -> web.Response:
+    """A cached page as the browser asked for it: gzip-encoded (made once per page) when it accepts that.
+
+    revalidate: the answer carries its ETag, and a browser that sends it back (If-None-Match) gets a 304
+    while the page is the same. The page depends on who asks (the header, the action buttons): only the
+    browser keeps it (private), and asks again (no-cache)."""
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    headers = {"Vary": "Accept-Encoding"}
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    if revalidate:
+        etag = page.gzip_etag if gzipped else page.etag
+        headers.update({"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization, Accept-Encoding"})
+        sent = _entity_tags(request.headers.get("If-None-Match", ""))
+        if etag in sent or "*" in sent:
+            del headers["Content-Encoding"]
+            return web.Response(status=304, headers=headers)
+    body = page.gzipped() if gzipped else page.body
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
+
+
+def accepts_gzip(header: str) -> bool:
+    """Whether an Accept-Encoding header admits gzip: named (or x-gzip), else by *, with a q above 0."""
+    qualities: dict[str, float] = {}
+    for part in header.split(","):
+        coding, *parameters = part.split(";")
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        qualities[coding.strip().lower()] = quality
+    return qualities.get("gzip", qualities.get("x-gzip", qualities.get("*", 0.0))) > 0
 
 
 def _entity_tags(header: str) -> tuple[str, ...]:
