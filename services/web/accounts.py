@@ -126,7 +126,11 @@ class TooManyAttempts(Exception):
 
 
 class TooBusy(Exception):
-    """So many sign-ins are waiting for a check already that a new one is refused at once (503)."""
+    """A sign-in is refused at once (503): so many are waiting for a check already, or the failures
+    cannot be counted (Postgres unreachable); the message says which."""
+
+    def __init__(self, message: str = "Too many sign-ins are being checked right now; try again in a moment.") -> None:
+        super().__init__(message)
 
 
 def password_threads() -> int:
@@ -177,7 +181,10 @@ class SignInFailures:
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", FAILURES_LOCK, address)
             row = await conn.fetchrow(CLAIM, address, self.window, allowed)
         if row["claimed"] is not None:
-            await self._sweep()
+            try:
+                await self._sweep()
+            except STORE_ERRORS as error:  # the claim stands: the next sweep deletes what this one could not
+                log.warning("cannot sweep old sign-in failures", error=repr(error))
             return row["claimed"], 0.0
         return None, row["retry_after"] if row["retry_after"] is not None else self.window
 
@@ -194,6 +201,9 @@ class SignInFailures:
             "DELETE FROM sign_in_failures WHERE failed_at <= clock_timestamp() - make_interval(secs => $1)", self.window,
         )
 
+
+# Seconds a process believes Postgres's "this address is at its limit" without asking again.
+LIMITED_BELIEVED = 2.0
 
 # What a failure store that cannot be reached raises; the sign-in is refused (503), never let through.
 STORE_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -218,7 +228,10 @@ class Authenticator:
         self._key = secrets.token_bytes(32)  # headers are remembered by HMAC under a key only this process knows
         self._accepted: OrderedDict[bytes, tuple[Account, float]] = OrderedDict()
         self.failures: SignInFailures | None = None  # set on startup, with the app's pool
-        self._limited: dict[str, float] = {}  # addresses Postgres said are at the limit, until when (monotonic)
+        # Addresses Postgres said are at the limit: (believed until, may retry at), monotonic. Believed for at
+        # most LIMITED_BELIEVED s, so a flood costs a query per address every few seconds, and a sign-in that
+        # succeeded meanwhile in another process (forgiving the address) is not refused here for long.
+        self._limited: dict[str, tuple[float, float]] = {}
         self._in_flight: dict[str, int] = {}
         iterations = max((parse_hash(a.password_hash)[0] for a in accounts.values() if a.password_hash), default=ITERATIONS)
         # Unknown names cost a check too, so a reply's timing does not tell which names exist.
@@ -260,10 +273,10 @@ class Authenticator:
         return account
 
     def _refuse_if_limited(self, address: str, now: float) -> None:
-        until = self._limited.get(address)
-        if until is not None and until > now:
-            raise TooManyAttempts(max(1, round(until - now)))
-        if until is not None:
+        limited = self._limited.get(address)
+        if limited is not None and limited[0] > now:
+            raise TooManyAttempts(max(1, round(limited[1] - now)))
+        if limited is not None:
             del self._limited[address]
         if self._in_flight.get(address, 0) >= self.failures_allowed:
             raise TooManyAttempts(max(1, round(self.window)))
@@ -276,9 +289,9 @@ class Authenticator:
             claimed, wait = await store.claim(address, self.failures_allowed)
         except STORE_ERRORS as error:
             log.warning("cannot count sign-in failures: refusing sign-ins", error=repr(error))
-            raise TooBusy() from None
+            raise TooBusy("Sign-ins cannot be checked right now (the database is unreachable); try again in a moment.") from None
         if claimed is None:
-            self._remember_limited(address, time.monotonic() + wait)
+            self._remember_limited(address, time.monotonic(), wait)
             raise TooManyAttempts(max(1, round(wait)))
         account = await self._check(header)  # should the request end before, the claimed failure stays one
         if account is not None:  # the claimed failure, and any before it, are forgiven
@@ -288,14 +301,13 @@ class Authenticator:
                 log.warning("cannot forget sign-in failures", error=repr(error))
         return account
 
-    def _remember_limited(self, address: str, until: float) -> None:
+    def _remember_limited(self, address: str, now: float, wait: float) -> None:
         if len(self._limited) >= 10_000:  # forget the ones that ran out, or all
-            now = time.monotonic()
-            for stale in [a for a, t in self._limited.items() if t <= now]:
+            for stale in [a for a, (believed, _) in self._limited.items() if believed <= now]:
                 del self._limited[stale]
             if len(self._limited) >= 10_000:
                 self._limited.clear()
-        self._limited[address] = until
+        self._limited[address] = (now + min(wait, LIMITED_BELIEVED), now + wait)
 
     async def _check(self, header: str) -> Account | None:
         if not header.startswith("Basic "):

@@ -87,10 +87,8 @@ def authentication(auth: Authenticator | None) -> Callable[..., Awaitable[web.St
                     headers={"Retry-After": str(refused.retry_after)},
                     text=f"Too many failed sign-ins from your address; try again in {refused.retry_after} s.",
                 ) from None
-            except TooBusy:
-                raise web.HTTPServiceUnavailable(
-                    headers={"Retry-After": "1"}, text="Too many sign-ins are being checked right now; try again in a moment.",
-                ) from None
+            except TooBusy as busy:
+                raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"}, text=str(busy)) from None
         if account is None:
             raise web.HTTPUnauthorized(
                 headers={"WWW-Authenticate": 'Basic realm="joblog", charset="UTF-8"'},

@@ -107,7 +107,7 @@ def page_response(request: web.Request, page: Page, *, revalidate: bool = False)
         headers.update({"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization, Accept-Encoding"})
         sent = _entity_tags(request.headers.get("If-None-Match", ""))
         if etag in sent or "*" in sent:
-            del headers["Content-Encoding"]
+            headers.pop("Content-Encoding", None)
             return web.Response(status=304, headers=headers)
     body = page.gzipped() if gzipped else page.body
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)

@@ -47,6 +47,19 @@ async def test_each_encoding_of_a_run_page_has_its_own_etag_and_its_own_304(clie
     assert other.status == 200 and other.headers["Content-Encoding"] == "gzip" and gzip.decompress(body)
 
 
+@pytest.mark.parametrize("encoding", ["identity", ""])
+async def test_a_client_that_takes_no_gzip_revalidates_the_plain_page_with_a_304(client, project, db, encoding):
+    """curl, wget, or a reverse proxy that strips Accept-Encoding before the web."""
+    await project(order_run("20261201080000", orders=["SO-1"]))
+    await settled(client, db)
+    plain, _ = await raw(client, "/runs/20261201080000", **{"Accept-Encoding": encoding})
+    for tag in (plain.headers["ETag"], "*"):
+        again, body = await raw(client, "/runs/20261201080000", **{"Accept-Encoding": encoding, "If-None-Match": tag})
+        assert again.status == 304 and body == b"" and "Content-Encoding" not in again.headers
+    head = await client.head("/runs/20261201080000", headers={"Accept-Encoding": encoding, "If-None-Match": plain.headers["ETag"]})
+    assert head.status == 304
+
+
 @pytest.mark.parametrize(("header", "gzipped"), [
     ("gzip", True), ("gzip, deflate, br, zstd", True), ("br;q=1.0, gzip;q=0.8", True), ("*", True), ("x-gzip", True),
     ("", False), ("identity", False), ("br", False), ("gzip;q=0", False), ("gzip;q=0.0, *", False),
