@@ -465,9 +465,9 @@ def _occurred(payload: bytes) -> float:
     return datetime.fromisoformat(json.loads(payload)["occurred_at"].replace("Z", "+00:00")).timestamp()
 
 
-async def lag_round(servers: Servers, rate: int, seconds: float, tree: Path = ROOT) -> tuple[list[float], int, list[float], float]:
+async def lag_round(servers: Servers, rate: int, seconds: float, tree: Path = ROOT) -> tuple[list[float], int, list[float], float, str]:
     """The recorder of checkout `tree` on a fresh database and stream while steps are published at rate/s:
-    (each event's lag in ms, events sent, the watcher's poll times, the recorder's peak RSS)."""
+    (each event's lag in ms, events sent, the watcher's poll times, the recorder's peak RSS, the share of HOT updates)."""
     async with scratch(servers, "lag", tree) as (dsn, stream, prefix):
         subjects = Subjects(prefix=prefix, stream=stream)
         nc = await nats.connect(servers.nats_url)
