@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import subprocess
 import threading
@@ -491,13 +492,20 @@ async def lag_round(servers: Servers, rate: int, seconds: float, tree: Path = RO
                     await conn.close()
                 sent: dict[tuple[int, int], float] = {}
                 watcher = Watcher(dsn, run_ids, sent)
-                watcher.start()
-                count = await steady_publish(js, subjects, run_ids, rate, seconds, sent, 2)
-                deadline = time.monotonic() + 30
-                while len(watcher.lags) < count and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                watcher.stop.set()
-                await asyncio.to_thread(watcher.join, 5)
+                # This process publishes and watches: its own garbage collector's full passes (35-60 ms over
+                # its heap) would stall both and count as the recorder's lag. Off while it measures.
+                gc.collect()
+                gc.disable()
+                try:
+                    watcher.start()
+                    count = await steady_publish(js, subjects, run_ids, rate, seconds, sent, 2)
+                    deadline = time.monotonic() + 30
+                    while len(watcher.lags) < count and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                    watcher.stop.set()
+                    await asyncio.to_thread(watcher.join, 5)
+                finally:
+                    gc.enable()
                 rss = peak_rss_mb(process.pid)
             hot = await _hot_share(dsn)  # the recorder's backend has exited: its table statistics are flushed
         finally:

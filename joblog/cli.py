@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 
+from services.contracts.process import settle_heap
 from services.contracts.settings import CommonSettings, load_settings
 
 
@@ -101,6 +102,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"joblog: {problem}", file=sys.stderr)
         return 2
     _logging(settings)
+    settle_heap()
     asyncio.run(run(settings))
     return 0
 
@@ -112,6 +114,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 
     settings = load_settings(RecorderSettings)
     _logging(settings)
+    settle_heap()
     asyncio.run(run(settings))
     return 0
 
@@ -123,6 +126,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
 
     settings = load_settings(NotifierSettings)
     _logging(settings)
+    settle_heap()
     asyncio.run(run(settings))
     return 0
 
@@ -173,6 +177,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = load_settings(WebSettings)
     _logging(settings)
+    settle_heap()
     return serve(settings, setup_process=_logging)  # each of several web processes logs the same way
 
 

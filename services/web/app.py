@@ -25,6 +25,7 @@ from services.web.live import RunFeed
 from services.web.metrics import Metrics
 from services.web.middleware import authentication, error_pages, same_origin_posts, security_headers
 from services.web.present import install_filters
+from services.contracts.process import settle_heap
 from services.web.processes import MULTIPROC_DIR, Setup, Supervisor, become_web_process, describe
 from services.web.routes import setup_routes
 from services.web.settings import WebSettings
@@ -166,6 +167,7 @@ def serve_one(settings: WebSettings, slot: int, report: Connection, parent: int,
     if setup is not None:
         setup(settings)
     become_web_process(slot, parent)
+    settle_heap()
     serving = False
 
     def listening(_: str) -> None:  # run_app says it once every site listens
