@@ -90,17 +90,23 @@ async def publish_all(js, messages: list[tuple[str, str, bytes]]) -> float:  # t
     return len(messages) / (time.perf_counter() - started)
 
 
+async def bind_raw(js, stream: str, durable: str):  # type: ignore[no-untyped-def]
+    """A pull subscription on the durable `durable` over the whole stream, acked one by one, as the
+    recorder's consumer is; created if missing (processes sharing it may race to create it)."""
+    with contextlib.suppress(nats.js.errors.BadRequestError):  # another process created it first
+        await js.add_consumer(stream, ConsumerConfig(
+            name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=50_000, max_deliver=-1))
+    return await js.pull_subscribe_bind(durable, stream=stream)
+
+
 async def raw_pull_and_ack(js, stream: str, total: int, batch: int, ahead: bool = False, tag: str = "") -> float:  # type: ignore[no-untyped-def]
     """The limit for a consumer: fetch batches and ack every message, doing nothing else. Events/s.
 
     The consumer is configured as the recorder's is (services/log_recorder/main.py consumer_config):
     the whole stream, no subject filter. With ahead, the next fetch is already under way while a
     batch is acked (as a pipelined consumer would)."""
-    durable = f"bench_raw_{'ahead' if ahead else 'plain'}{tag}"
-    await js.add_consumer(stream, ConsumerConfig(
-        name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-        max_ack_pending=50_000, max_deliver=-1))
-    sub = await js.pull_subscribe_bind(durable, stream=stream)
+    sub = await bind_raw(js, stream, f"bench_raw_{'ahead' if ahead else 'plain'}{tag}")
 
     async def fetch() -> list:  # type: ignore[type-arg]
         try:
@@ -129,11 +135,7 @@ async def raw_share(js, stream: str, batch: int, tag: str) -> tuple[int, float, 
     """One of several raw consumers sharing one durable (as recorders share theirs): fetch and ack until the
     consumer has nothing left; (messages acked, time.time() of the first fetch, of the last ack)."""
     durable = f"bench_raw_share{tag}"
-    with contextlib.suppress(nats.js.errors.BadRequestError):  # the other process created it first
-        await js.add_consumer(stream, ConsumerConfig(
-            name=durable, durable_name=durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=50_000, max_deliver=-1))
-    sub = await js.pull_subscribe_bind(durable, stream=stream)
+    sub = await bind_raw(js, stream, durable)
     seen, first, last = 0, time.time(), 0.0
     while True:
         try:

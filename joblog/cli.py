@@ -17,6 +17,13 @@ def _logging(settings: CommonSettings) -> None:
     configure(settings.log_level, settings.log_format)
 
 
+def _begin(settings: CommonSettings) -> None:
+    """What a service command does once its settings are loaded: its logging, then its start-up heap
+    settled (out of the garbage collector's scans, services/contracts/process.py)."""
+    _logging(settings)
+    settle_heap()
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the schema migrations to JOBLOG_DATABASE_URL, then create the JetStream streams that are missing."""
     import asyncpg
@@ -101,8 +108,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if problem:
         print(f"joblog: {problem}", file=sys.stderr)
         return 2
-    _logging(settings)
-    settle_heap()
+    _begin(settings)
     asyncio.run(run(settings))
     return 0
 
@@ -113,8 +119,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     from services.log_recorder.settings import RecorderSettings
 
     settings = load_settings(RecorderSettings)
-    _logging(settings)
-    settle_heap()
+    _begin(settings)
     asyncio.run(run(settings))
     return 0
 
@@ -125,8 +130,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
     from services.notifier.settings import NotifierSettings
 
     settings = load_settings(NotifierSettings)
-    _logging(settings)
-    settle_heap()
+    _begin(settings)
     asyncio.run(run(settings))
     return 0
 
@@ -176,8 +180,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     from services.web.settings import WebSettings
 
     settings = load_settings(WebSettings)
-    _logging(settings)
-    settle_heap()
+    _begin(settings)
     return serve(settings, setup_process=_logging)  # each of several web processes logs the same way
 
 

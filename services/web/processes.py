@@ -210,6 +210,7 @@ class Supervisor:
         deadline = time.monotonic() + STOP_SECONDS
         for child in list(self.children.values()):
             child.process.join(max(0.0, deadline - time.monotonic()))
+            child.read_reports()  # a replacement's "serving" may still be unread: it decides what "clean" means
             if child.process.is_alive():
                 log.error("web process did not stop in time: killed", web_process=child.slot, pid=child.process.pid)
                 child.process.kill()

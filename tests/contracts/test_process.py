@@ -14,7 +14,7 @@ print(before, gc.get_freeze_count(), len(gc.get_objects()))
 """
 
 
-def test_a_started_service_leaves_its_modules_out_of_every_later_garbage_collection() -> None:
+def test_settle_heap_leaves_the_modules_a_service_imported_out_of_every_later_garbage_collection() -> None:
     # In a process of its own: freezing is for good, and the test run's heap is not a service's.
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout
     before, frozen, tracked = map(int, out.split())
